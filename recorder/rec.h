@@ -1,0 +1,126 @@
+/* Session recordings: writer and reader. The format is specified in recorder/FORMAT.md.
+ *
+ * A recording is one file: a header (format version, session metadata), then chunks. The
+ * writer keeps a small buffer of raw events per session; sp_rec_flush() turns it into one
+ * chunk: an independent zstd frame made with the caller's (the worker's) ZSTD_CCtx, so an
+ * idle session costs only its buffer. The engine calls flush at least every flush_interval
+ * and when sp_rec_wants_flush() says the buffer is large; flush write(2)s the chunk (page
+ * cache; a killed process loses nothing written) and fsync runs at most every 5 s on the
+ * libuv thread pool. sp_rec_close() writes the trailer (end reason, counts) and fsyncs.
+ *
+ * Writer functions are called on the session's loop thread only. A write failure is
+ * reported (-1, sp_rec_error()) and the recording stays failed; the engine applies the
+ * role's recording policy. */
+#ifndef SP_RECORDER_REC_H
+#define SP_RECORDER_REC_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+#include <zstd.h>
+
+#include "common/buf.h"
+
+#define SP_REC_MAGIC "SPREC1\n" /* see FORMAT.md */
+#define SP_REC_MAX_FIELDS 16
+#define SP_REC_BUFFER_FLUSH (64 * 1024) /* raw bytes that trigger an early flush */
+#define SP_REC_MAX_CHUNK_RAW (4 * 1024 * 1024)
+
+/* Event types. Numbers are part of the file format: never reuse one. */
+enum sp_rec_type {
+    SP_EV_SESSION_START = 1, /* fields: key, value, key, value... (startup parameters) */
+    SP_EV_QUERY = 2,         /* sql */
+    SP_EV_PARSE = 3,         /* statement name, sql */
+    SP_EV_BIND = 4,          /* portal, statement, param count (text), then params if recorded */
+    SP_EV_EXECUTE = 5,       /* portal, max rows (text) */
+    SP_EV_COMPLETE = 6,      /* command tag, rows (text, "-1" none) */
+    SP_EV_ERROR = 7,         /* sqlstate, message */
+    SP_EV_COPY = 8,          /* direction "in"|"out", bytes (text) */
+    SP_EV_NOTICE = 9,        /* severity, message */
+    SP_EV_READY = 10,        /* transaction status "I"|"T"|"E" */
+    SP_EV_SESSION_END = 11,  /* reason */
+    SP_EV_ROWS = 12,         /* DataRow count since the last event (text) */
+    SP_EV_NOTE = 13,         /* free text from the gateway (e.g. "recording gap") */
+};
+
+typedef struct sp_rec_field {
+    const void *data;
+    size_t len;
+} sp_rec_field;
+
+typedef struct sp_rec_meta {
+    const char *session_id;
+    const char *kind; /* "postgres" */
+    const char *identity;
+    const char *target;
+    const char *database;
+    const char *db_user; /* the ephemeral upstream role */
+    const char *client_addr;
+    int64_t started_at; /* us */
+} sp_rec_meta;
+
+typedef struct sp_rec sp_rec;
+
+/* Creates recordings_dir/YYYY/MM/DD/SESSION.spr (0600, dirs 0700) and writes the header.
+ * Blocking (open/mkdir): call it from the thread pool. Returns NULL with err filled. */
+sp_rec *sp_rec_create(const char *recordings_dir, const sp_rec_meta *meta, size_t max_text,
+                      char *err, size_t errlen);
+const char *sp_rec_path(const sp_rec *r);
+/* Append an event to the buffer. Each field is cut to max_text bytes (the cut is marked in the
+ * event flags). -1 if the recording has failed. */
+int sp_rec_event(sp_rec *r, enum sp_rec_type type, int64_t ts_us, const sp_rec_field *fields,
+                 size_t n);
+/* Convenience: fields given as NUL-terminated strings, NULL-terminated list. */
+int sp_rec_eventv(sp_rec *r, enum sp_rec_type type, int64_t ts_us, ...);
+bool sp_rec_wants_flush(const sp_rec *r);
+/* Compress the buffered events into one chunk and write it. No-op when empty. loop is used
+ * for the periodic fsync on the thread pool. */
+int sp_rec_flush(sp_rec *r, ZSTD_CCtx *cctx, uv_loop_t *loop);
+uint64_t sp_rec_chunks(const sp_rec *r);
+bool sp_rec_failed(const sp_rec *r);
+const char *sp_rec_error(const sp_rec *r);
+/* Flush, write the trailer with the end reason, fsync (on the thread pool) and free. done
+ * (may be NULL) runs on the loop when the file is durable. */
+void sp_rec_close(sp_rec *r, ZSTD_CCtx *cctx, uv_loop_t *loop, const char *reason,
+                  void (*done)(void *arg, int status), void *arg);
+/* Same, blocking, for use off-loop (e.g. sealing orphans at startup, tests). */
+int sp_rec_close_sync(sp_rec *r, ZSTD_CCtx *cctx, const char *reason);
+
+/* ---- reader ---- */
+typedef struct sp_rec_reader sp_rec_reader;
+
+typedef struct sp_rec_header {
+    int version;
+    char session_id[40];
+    char kind[16];
+    char identity[64];
+    char target[64];
+    char database[64];
+    char db_user[64];
+    char client_addr[64];
+    int64_t started_at;
+} sp_rec_header;
+
+typedef struct sp_rec_ev {
+    enum sp_rec_type type;
+    int64_t ts_us;
+    uint8_t flags; /* bit 0: a field was truncated */
+    size_t n_fields;
+    sp_rec_field fields[SP_REC_MAX_FIELDS]; /* valid until the next sp_rec_reader_next */
+} sp_rec_ev;
+
+enum sp_rec_state { SP_REC_SEALED, SP_REC_UNSEALED, SP_REC_DAMAGED };
+
+sp_rec_reader *sp_rec_reader_open(const char *path, char *err, size_t errlen);
+/* Open from memory (fuzzing); the data must outlive the reader. */
+sp_rec_reader *sp_rec_reader_open_mem(const uint8_t *data, size_t len, char *err, size_t errlen);
+const sp_rec_header *sp_rec_reader_header(const sp_rec_reader *r);
+/* 1 = event read, 0 = end of recording, -1 = damaged from here on (err says where/why). */
+int sp_rec_reader_next(sp_rec_reader *r, sp_rec_ev *ev, char *err, size_t errlen);
+/* After reading to the end: sealed (trailer present), unsealed (ended without trailer at a
+ * chunk boundary or with a cut last chunk), or damaged. end_reason from the trailer. */
+enum sp_rec_state sp_rec_reader_state(const sp_rec_reader *r, const char **end_reason);
+void sp_rec_reader_close(sp_rec_reader *r);
+
+#endif
