@@ -1123,8 +1123,9 @@ int sp_store_sessions_close_orphans(sp_store *s, int my_pid, int64_t now, const 
     size_t n = 0, cap = 0;
     int ret = -1, rc;
     sp_store_lock(s);
-    if (prepare(s, "SELECT " SESSION_COLUMNS " FROM sessions WHERE ended_at = 0", &st, err,
-                errlen) < 0)
+    if (prepare(s,
+                "SELECT " SESSION_COLUMNS " FROM sessions WHERE ended_at = 0 ORDER BY started_at",
+                &st, err, errlen) < 0)
         goto out;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         if (!process_gone(sqlite3_column_int(st, 14), my_pid))
