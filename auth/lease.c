@@ -68,6 +68,17 @@ struct sp_lease_mgr {
     admin_conn *admins;
 };
 
+/* libpq messages span lines; the operator log is one line per event. */
+static void one_line(char *s)
+{
+    size_t n = strlen(s);
+    while (n > 0 && (s[n - 1] == '\n' || s[n - 1] == ' '))
+        s[--n] = '\0';
+    for (char *p = s; *p; p++)
+        if (*p == '\n' || *p == '\t')
+            *p = ' ';
+}
+
 /* ------------------------------------------------------------------ store (leases table) */
 
 static const char LEASES_SCHEMA[] =
@@ -523,9 +534,7 @@ static PGconn *admin_open(const sp_target *t, char *err, size_t errlen)
         /* libpq's message names host and reason, never the password. */
         snprintf(err, errlen, "target %s: cannot connect as admin (admin_dsn_file %s): %s", t->name,
                  t->admin_dsn_file, PQerrorMessage(c));
-        size_t l = strlen(err);
-        if (l > 0 && err[l - 1] == '\n')
-            err[l - 1] = '\0';
+        one_line(err);
         PQfinish(c);
         return NULL;
     }
@@ -573,6 +582,18 @@ static int admin_run(admin_conn *ac, const sp_target *t, admin_op op, void *arg,
 
 /* ------------------------------------------------------------------ SQL helpers */
 
+/* Only the primary message is reported: libpq's full message may quote the statement, and
+ * statements here carry verifiers. */
+static void pg_failure(PGresult *res, PGconn *c, const char *target, const char *what, char *err,
+                       size_t errlen)
+{
+    const char *msg = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
+    if (!msg)
+        msg = PQerrorMessage(c);
+    snprintf(err, errlen, "target %s: %s: %s", target, what, msg && *msg ? msg : "no reason");
+    one_line(err);
+}
+
 static int sql_ident(sp_buf *sql, PGconn *c, const char *name)
 {
     char *q = PQescapeIdentifier(c, name, strlen(name));
@@ -600,19 +621,6 @@ static const char *sql_text(const sp_buf *sql)
 
 /* Only the primary message is reported: libpq's full message may quote the statement, and
  * statements here carry verifiers. */
-static void pg_failure(PGresult *res, PGconn *c, const char *target, const char *what, char *err,
-                       size_t errlen)
-{
-    const char *msg = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
-    if (!msg) {
-        msg = PQerrorMessage(c);
-    }
-    snprintf(err, errlen, "target %s: %s: %s", target, what, msg && *msg ? msg : "no reason");
-    size_t l = strlen(err);
-    if (l > 0 && err[l - 1] == '\n')
-        err[l - 1] = '\0';
-}
-
 static bool result_ok(PGresult *res)
 {
     ExecStatusType s = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
