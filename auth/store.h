@@ -7,7 +7,10 @@
  * gateway's next poll.
  *
  * Return convention: 0 ok, SP_STORE_NOT_FOUND when the thing does not exist,
- * -1 on error with errbuf ("what and why") filled. */
+ * -1 on error with errbuf ("what and why") filled.
+ *
+ * Listing functions call fn for each row with the store locked (the mutex is recursive, so fn
+ * may call store functions from the same thread); fn must not block for long. */
 #ifndef SP_AUTH_STORE_H
 #define SP_AUTH_STORE_H
 
@@ -51,6 +54,9 @@ int sp_store_identity_get(sp_store *s, const char *name, sp_identity *out, char 
                           size_t errlen);
 int sp_store_identity_set_disabled(sp_store *s, const char *name, bool disabled, char *err,
                                    size_t errlen);
+/* Every identity, by name. */
+int sp_store_identities_list(sp_store *s, void (*fn)(const sp_identity *id, void *arg), void *arg,
+                             char *err, size_t errlen);
 
 /* ---- bindings (identity -> role) ---- */
 typedef struct sp_binding {
@@ -70,8 +76,14 @@ int sp_store_binding_add(sp_store *s, const char *identity, const char *role, in
 /* Live bindings of an identity at `now` (not revoked, not expired). Fills up to max. */
 int sp_store_bindings_live(sp_store *s, const char *identity, int64_t now, sp_binding *out,
                            size_t max, size_t *n, char *err, size_t errlen);
+/* Revokes every live binding of identity to role; SP_STORE_NOT_FOUND when there was none. */
 int sp_store_binding_revoke(sp_store *s, const char *identity, const char *role, int64_t now,
                             char *err, size_t errlen);
+/* Live bindings at `now` of one identity, or of every identity when identity is NULL,
+ * by identity then id. */
+int sp_store_bindings_list_live(sp_store *s, const char *identity, int64_t now,
+                                void (*fn)(const sp_binding *b, void *arg), void *arg, char *err,
+                                size_t errlen);
 
 /* ---- credentials (tokens: only SCRAM keys are kept, never the token) ---- */
 typedef struct sp_token_verifier {
@@ -88,7 +100,24 @@ int sp_store_cred_add(sp_store *s, const char *id, const char *identity, const c
 /* Tokens of an identity that may start a session at `now`: not revoked, not expired. */
 int sp_store_tokens_live(sp_store *s, const char *identity, int64_t now, sp_token_verifier *out,
                          size_t max, size_t *n, char *err, size_t errlen);
+/* Revoking a revoked credential changes nothing and returns 0. */
 int sp_store_cred_revoke(sp_store *s, const char *id, int64_t now, char *err, size_t errlen);
+
+/* What `cred list` shows: never keys. */
+typedef struct sp_credential {
+    char id[SP_CRED_ID_LEN];
+    char identity[SP_NAME_MAX];
+    char kind[16]; /* "token" */
+    int64_t created_at;
+    int64_t expires_at;
+    int64_t revoked_at; /* 0 = not revoked */
+} sp_credential;
+
+int sp_store_cred_get(sp_store *s, const char *id, sp_credential *out, char *err, size_t errlen);
+/* Credentials of one identity, or of all when identity is NULL, newest first. */
+int sp_store_creds_list(sp_store *s, const char *identity,
+                        void (*fn)(const sp_credential *c, void *arg), void *arg, char *err,
+                        size_t errlen);
 
 /* ---- sessions index ---- */
 typedef struct sp_session_row {
@@ -116,22 +145,32 @@ int sp_store_session_end(sp_store *s, const char *id, int64_t ended_at, const ch
                          int64_t chunk_count, char *err, size_t errlen);
 int sp_store_session_get(sp_store *s, const char *id, sp_session_row *out, char *err,
                          size_t errlen);
-/* Most recent first; live_only limits to ended_at = 0. Calls fn for each row. */
+/* A session by full id or by a prefix of it (for people typing ids). A prefix matching
+ * several sessions is an error (-1, err says so). */
+int sp_store_session_find(sp_store *s, const char *id_or_prefix, sp_session_row *out, char *err,
+                          size_t errlen);
+/* Most recent first; live_only limits to ended_at = 0; limit 0 = all. Calls fn for each row. */
 int sp_store_sessions_list(sp_store *s, bool live_only, size_t limit,
                            void (*fn)(const sp_session_row *row, void *arg), void *arg, char *err,
                            size_t errlen);
-/* Ask a live session to end (sallyport kill); the owning gateway ends it within a second. */
+/* Ask a live session to end (sallyport kill); the owning gateway ends it within a second.
+ * SP_STORE_NOT_FOUND if there is no such session; -1 if it has already ended. */
 int sp_store_session_request_kill(sp_store *s, const char *id, const char *reason, const char *by,
                                   char *err, size_t errlen);
 /* For the live sessions of this gateway process (gateway_pid), those that must end now and
  * why: kill requested ("killed: <reason>"), credential revoked ("credential-revoked"),
  * binding revoked or expired ("grant-revoked", "grant-expired"), identity disabled
- * ("identity-disabled"). Calls fn(session_id, reason) for each. */
+ * ("identity-disabled"); checked in that order, the first that applies is the reason.
+ * A credential past its TTL does not end a session (the TTL bounds starting sessions only).
+ * Calls fn(session_id, reason) for each, after the store is unlocked. */
 int sp_store_sessions_to_end(sp_store *s, int gateway_pid, int64_t now,
                              void (*fn)(const char *session_id, const char *reason, void *arg),
                              void *arg, char *err, size_t errlen);
 /* Sessions left live by a gateway that is gone (crash): mark them ended with `reason`.
- * Calls fn for each so the caller can audit it. */
+ * Calls fn for each so the caller can audit it. Call it once at gateway start, before
+ * accepting: a live session is an orphan when its gateway_pid names no running process, or
+ * names my_pid (an earlier process that had the same pid, as in a container where the
+ * gateway is always pid 1). fn runs after the store is unlocked. */
 int sp_store_sessions_close_orphans(sp_store *s, int my_pid, int64_t now, const char *reason,
                                     void (*fn)(const sp_session_row *row, void *arg), void *arg,
                                     char *err, size_t errlen);

@@ -146,7 +146,9 @@ int sp_pg_put_terminate(sp_buf *out);
  * 256 MiB DataRow streams through. For types the caller wants to look into (want[type]),
  * the first `capture_max` body bytes are kept and the message is handed to on_msg when its
  * last byte has been fed, with `truncated` set if it was longer. Every other message is
- * reported too (body NULL, len = full body length) so the engine can count rows and bytes. */
+ * reported too (body NULL, len = full body length) so the engine can count rows and bytes.
+ * For a wanted message, body is never NULL and len is the number of captured bytes.
+ * After a framing violation the scanner refuses every later feed. */
 typedef struct sp_pg_scanner {
     bool want[256];
     size_t capture_max;

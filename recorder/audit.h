@@ -28,8 +28,9 @@ int sp_audit_open(const char *dir, char *err, size_t errlen);
 /* Drains the queue, then stops the writer. */
 void sp_audit_close(void);
 
-/* A new event: {"time": <ms>, "time_dt": "...Z", "class_uid": c, "activity_name": activity,
- * "status": "success"|"failure", "actor": {"user": {"name": actor}}, "metadata": {...}}.
+/* A new event: {"time": <ms>, "time_dt": "...Z", "class_uid": c, "class_name", "category_uid",
+ * "activity_name": activity, "status": "Success"|"Failure", "status_id": 1|2, "severity_id",
+ * "actor": {"user": {"name": actor}}, "metadata": {"product": {...}, "version": "1.8.0"}}.
  * actor is who acted (identity, or "local-admin" for the CLI on the gateway host). */
 json_t *sp_audit_new(enum sp_audit_class cls, const char *activity, bool success,
                      const char *actor);

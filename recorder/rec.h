@@ -44,6 +44,10 @@ enum sp_rec_type {
     SP_EV_NOTE = 13,         /* free text from the gateway (e.g. "recording gap") */
 };
 
+/* Event flags. */
+#define SP_REC_FLAG_TRUNCATED 0x01      /* a field was cut to max_text */
+#define SP_REC_FLAG_FIELDS_DROPPED 0x02 /* fields past SP_REC_MAX_FIELDS were dropped */
+
 typedef struct sp_rec_field {
     const void *data;
     size_t len;
@@ -105,7 +109,7 @@ typedef struct sp_rec_header {
 typedef struct sp_rec_ev {
     enum sp_rec_type type;
     int64_t ts_us;
-    uint8_t flags; /* bit 0: a field was truncated */
+    uint8_t flags; /* SP_REC_FLAG_* */
     size_t n_fields;
     sp_rec_field fields[SP_REC_MAX_FIELDS]; /* valid until the next sp_rec_reader_next */
 } sp_rec_ev;
@@ -121,6 +125,11 @@ int sp_rec_reader_next(sp_rec_reader *r, sp_rec_ev *ev, char *err, size_t errlen
 /* After reading to the end: sealed (trailer present), unsealed (ended without trailer at a
  * chunk boundary or with a cut last chunk), or damaged. end_reason from the trailer. */
 enum sp_rec_state sp_rec_reader_state(const sp_rec_reader *r, const char **end_reason);
+/* How reading ended, in words for people: "sealed: 12 chunks, 340 events", "unsealed after 11
+ * whole chunks: the last chunk is cut short", or the damage (chunk number and why). */
+const char *sp_rec_reader_note(const sp_rec_reader *r);
+/* Whole chunks read so far. */
+uint64_t sp_rec_reader_chunks(const sp_rec_reader *r);
 void sp_rec_reader_close(sp_rec_reader *r);
 
 #endif
