@@ -415,6 +415,11 @@ void pg_session_accept(sp_worker *w, uv_stream_t *listener)
     sp_buf_init(&s->params, 4096);
     sp_pg_scanner_init(&s->cscan, s->cfg->record_max_text + 64);
     sp_pg_scanner_init(&s->sscan, 4096);
+    /* What the recording needs to see the contents of; everything else is only counted. */
+    for (const char *t = "QPBE"; *t; t++)
+        s->cscan.want[(uint8_t)*t] = true;
+    for (const char *t = "CEZ"; *t; t++)
+        s->sscan.want[(uint8_t)*t] = true;
     s->handles = 3; /* client, upstream, timer */
     uv_timer_init(&w->loop, &s->timer);
     s->timer.data = s;
@@ -1372,6 +1377,8 @@ static void on_client_msg(void *arg, uint8_t type, const uint8_t *body, uint32_t
     pg_session *s = arg;
     sp_pg_cur c;
     size_t n;
+    if (!body && type != 'd' && type != 'X')
+        return;
     switch (type) {
     case 'Q': {
         sp_pg_cur_init(&c, body, len);
@@ -1436,6 +1443,8 @@ static void on_server_msg(void *arg, uint8_t type, const uint8_t *body, uint32_t
 {
     pg_session *s = arg;
     (void)truncated;
+    if (!body && (type == 'C' || type == 'E' || type == 'Z'))
+        return;
     switch (type) {
     case 'D':
         s->rows++;
