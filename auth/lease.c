@@ -43,7 +43,7 @@ typedef struct lease_keys {
 /* One cached administrative connection per target, used by one thread at a time. */
 typedef struct admin_conn {
     char *target;
-    char *identity_of_settings; /* host, port, database, DSN file: reconnect when they change */
+    char *settings; /* host, port, database, DSN file: reconnect when they change */
     PGconn *conn;
     pthread_mutex_t mu;
     struct admin_conn *next;
@@ -489,8 +489,8 @@ static void admin_close(admin_conn *ac)
     if (ac->conn)
         PQfinish(ac->conn);
     ac->conn = NULL;
-    free(ac->identity_of_settings);
-    ac->identity_of_settings = NULL;
+    free(ac->settings);
+    ac->settings = NULL;
 }
 
 static const char *sslmode_name(enum sp_upstream_tls mode)
@@ -573,14 +573,14 @@ static int admin_connect(admin_conn *ac, const sp_target *t, char *err, size_t e
 {
     char settings[2048];
     admin_settings_text(t, settings, sizeof(settings));
-    if (ac->conn && PQstatus(ac->conn) == CONNECTION_OK && ac->identity_of_settings &&
-        !strcmp(ac->identity_of_settings, settings))
+    if (ac->conn && PQstatus(ac->conn) == CONNECTION_OK && ac->settings &&
+        !strcmp(ac->settings, settings))
         return 0;
     admin_close(ac);
     ac->conn = admin_open(t, err, errlen);
     if (!ac->conn)
         return -1;
-    ac->identity_of_settings = strdup(settings);
+    ac->settings = strdup(settings);
     return 0;
 }
 
