@@ -43,7 +43,7 @@ typedef struct lease_keys {
 /* One cached administrative connection per target, used by one thread at a time. */
 typedef struct admin_conn {
     char *target;
-    char *identity_of_settings; /* host, port, database, DSN file: reconnect when they change */
+    char *settings; /* host, port, database, DSN file: reconnect when they change */
     PGconn *conn;
     pthread_mutex_t mu;
     struct admin_conn *next;
@@ -306,6 +306,34 @@ out:
     return rc;
 }
 
+static int store_get_live_row(sp_lease_mgr *m, int64_t id, lease_row *out, char *err, size_t errlen)
+{
+    char sql[256];
+    snprintf(sql, sizeof(sql), "SELECT %s FROM leases WHERE id = ?1 AND dropped_at IS NULL",
+             LEASE_COLUMNS);
+    sqlite3 *db = sp_store_lock(m->store);
+    sqlite3_stmt *st = NULL;
+    int rc = -1;
+    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
+        store_fail(db, "reading a lease", err, errlen);
+        goto out;
+    }
+    sqlite3_bind_int64(st, 1, id);
+    int step = sqlite3_step(st);
+    if (step == SQLITE_ROW) {
+        row_from_stmt(st, out);
+        rc = 0;
+    } else if (step == SQLITE_DONE) {
+        rc = SP_STORE_NOT_FOUND;
+    } else {
+        store_fail(db, "reading a lease", err, errlen);
+    }
+out:
+    sqlite3_finalize(st);
+    sp_store_unlock(m->store);
+    return rc;
+}
+
 /* 1 when a live row names this role, 0 when none does, -1 on error. */
 static int store_role_is_live(sp_lease_mgr *m, const char *role_name, char *err, size_t errlen)
 {
@@ -461,8 +489,8 @@ static void admin_close(admin_conn *ac)
     if (ac->conn)
         PQfinish(ac->conn);
     ac->conn = NULL;
-    free(ac->identity_of_settings);
-    ac->identity_of_settings = NULL;
+    free(ac->settings);
+    ac->settings = NULL;
 }
 
 static const char *sslmode_name(enum sp_upstream_tls mode)
@@ -545,14 +573,14 @@ static int admin_connect(admin_conn *ac, const sp_target *t, char *err, size_t e
 {
     char settings[2048];
     admin_settings_text(t, settings, sizeof(settings));
-    if (ac->conn && PQstatus(ac->conn) == CONNECTION_OK && ac->identity_of_settings &&
-        !strcmp(ac->identity_of_settings, settings))
+    if (ac->conn && PQstatus(ac->conn) == CONNECTION_OK && ac->settings &&
+        !strcmp(ac->settings, settings))
         return 0;
     admin_close(ac);
     ac->conn = admin_open(t, err, errlen);
     if (!ac->conn)
         return -1;
-    ac->identity_of_settings = strdup(settings);
+    ac->settings = strdup(settings);
     return 0;
 }
 
@@ -619,8 +647,6 @@ static const char *sql_text(const sp_buf *sql)
     return (const char *)sql->data;
 }
 
-/* Only the primary message is reported: libpq's full message may quote the statement, and
- * statements here carry verifiers. */
 static bool result_ok(PGresult *res)
 {
     ExecStatusType s = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
@@ -678,7 +704,8 @@ static int roles_key(char *const *db_roles, char *out, size_t outlen, char *err,
         snprintf(err, errlen, "out of memory");
         return -1;
     }
-    memcpy(sorted, db_roles, n * sizeof(*sorted));
+    if (n > 0)
+        memcpy(sorted, db_roles, n * sizeof(*sorted));
     qsort(sorted, n, sizeof(*sorted), cmp_str);
     size_t len = 0;
     out[0] = '\0';
@@ -729,7 +756,7 @@ typedef struct create_args {
     const char *role_name;
     const char *verifier;
     const char *valid_until; /* timestamptz text */
-    char *const *db_roles;
+    char *const *db_roles;   /* de-duplicated */
     const char *managed_group;
     const char *comment;
 } create_args;
@@ -963,9 +990,8 @@ static int lease_refresh(sp_lease_mgr *m, admin_conn *ac, const sp_target *t, le
 }
 
 static int lease_create(sp_lease_mgr *m, admin_conn *ac, const sp_config *cfg, const sp_target *t,
-                        const char *identity, char *const *db_roles, const char *key,
-                        int64_t valid_until, int64_t now, lease_row *row, lease_keys *keys,
-                        char *err, size_t errlen)
+                        const char *identity, const char *key, int64_t valid_until, int64_t now,
+                        lease_row *row, lease_keys *keys, char *err, size_t errlen)
 {
     memset(row, 0, sizeof(*row));
     if (role_name_new(identity, row->role_name, err, errlen) < 0 ||
@@ -979,6 +1005,11 @@ static int lease_create(sp_lease_mgr *m, admin_conn *ac, const sp_config *cfg, c
     row->last_used = now;
 
     char verifier[256], until_text[40], comment[512];
+    char **db_roles = sp_split_list(key, NULL);
+    if (!db_roles) {
+        snprintf(err, errlen, "out of memory");
+        goto undo;
+    }
     if (keys_mint(row->id, keys, verifier, sizeof(verifier), err, errlen) < 0)
         goto undo;
     sp_format_time(valid_until, until_text, sizeof(until_text));
@@ -992,12 +1023,17 @@ static int lease_create(sp_lease_mgr *m, admin_conn *ac, const sp_config *cfg, c
                      .comment = comment};
     if (admin_run(ac, t, op_create_role, &a, err, errlen) < 0)
         goto undo;
-    if (keys_put(m, keys, err, errlen) < 0)
-        goto undo; /* the role exists upstream; the row stays for the sweeper */
+    free(db_roles);
+    if (keys_put(m, keys, err, errlen) < 0) {
+        /* The role exists upstream: the row stays, unused, for the sweeper to drop. */
+        OPENSSL_cleanse(keys, sizeof(*keys));
+        return -1;
+    }
     sp_info("target %s: created lease role %s for %s (lease %lld)", t->name, row->role_name,
             identity, (long long)row->id);
     return 0;
 undo:
+    free(db_roles);
     OPENSSL_cleanse(keys, sizeof(*keys));
     {
         char derr[256];
@@ -1030,8 +1066,7 @@ int sp_lease_acquire(sp_lease_mgr *m, const sp_config *cfg, const sp_target *t,
     if (rc == 0)
         rc = lease_refresh(m, ac, t, &row, valid_until, &keys, err, errlen);
     if (rc == SP_STORE_NOT_FOUND || rc == 1)
-        rc = lease_create(m, ac, cfg, t, identity, db_roles, key, valid_until, now, &row, &keys,
-                          err, errlen);
+        rc = lease_create(m, ac, cfg, t, identity, key, valid_until, now, &row, &keys, err, errlen);
     if (rc == 0)
         rc = store_count_session(m, row.id, 1, now, err, errlen);
     if (rc == 0)
@@ -1117,35 +1152,74 @@ static const char *lease_end_reason(sp_lease_mgr *m, const sp_config *cfg, const
     return NULL;
 }
 
-/* Drops the role upstream (under the target's admin slot) and marks the row. */
-static int sweep_drop_row(sp_lease_mgr *m, const sp_config *cfg, const lease_row *row,
-                          const char *why, int64_t now, char *err, size_t errlen)
+static int sweep_mark_dropped(sp_lease_mgr *m, const lease_row *row, const char *reason,
+                              int64_t now, char *err, size_t errlen)
 {
-    const sp_target *t = sp_config_target(cfg, row->target);
-    char reason[256];
-    snprintf(reason, sizeof(reason), "%s", why);
-    if (!t || t->kind != SP_TARGET_POSTGRES || !t->admin_dsn_file) {
-        /* Nothing to connect with: the row ends here, and the log tells the operator the role
-         * is left on the server (the hardening guide's query finds it). */
-        sp_warn("leases: target %s is no longer configured for leases; role %s of %s is left "
-                "on it and must be dropped by hand",
-                row->target, row->role_name, row->identity);
-        snprintf(reason, sizeof(reason), "%s (role left upstream: no admin connection)", why);
-    } else {
-        admin_conn *ac = admin_acquire(m, t, err, errlen);
-        if (!ac)
-            return -1;
-        int rc = admin_run(ac, t, op_drop_role, (void *)row->role_name, err, errlen);
-        admin_release(ac);
-        if (rc < 0)
-            return -1;
-    }
     keys_forget(m, row->id);
     if (store_mark_dropped(m, row->id, now, reason, err, errlen) < 0)
         return -1;
     sp_info("target %s: dropped lease role %s of %s (%s)", row->target, row->role_name,
             row->identity, reason);
     return 0;
+}
+
+/* A lease whose target left the configuration: nothing to connect with, so the row ends here
+ * and the log tells the operator the role is left on the server (the hardening guide's query
+ * finds it). */
+static int sweep_forget_unreachable(sp_lease_mgr *m, const lease_row *row, const char *why,
+                                    int64_t now, char *err, size_t errlen)
+{
+    char reason[256];
+    sp_warn("leases: target %s is no longer configured for leases; role %s of %s is left on it "
+            "and must be dropped by hand",
+            row->target, row->role_name, row->identity);
+    snprintf(reason, sizeof(reason), "%s (role left upstream: no admin connection)", why);
+    return sweep_mark_dropped(m, row, reason, now, err, errlen);
+}
+
+/* Decides again under the target's admin slot, which sp_lease_acquire holds from lookup to
+ * counting the session: a session that took the lease since the list was read keeps it.
+ * 1 dropped (*why_out set), 0 kept, -1 error. */
+static int sweep_one(sp_lease_mgr *m, const sp_config *cfg, const lease_row *listed, int64_t now,
+                     const char **why_out, char *err, size_t errlen)
+{
+    bool failed;
+    const char *why = lease_end_reason(m, cfg, listed, now, &failed, err, errlen);
+    if (failed)
+        return -1;
+    if (!why)
+        return 0;
+    const sp_target *t = sp_config_target(cfg, listed->target);
+    if (!t || t->kind != SP_TARGET_POSTGRES || !t->admin_dsn_file) {
+        *why_out = why;
+        return sweep_forget_unreachable(m, listed, why, now, err, errlen) < 0 ? -1 : 1;
+    }
+    admin_conn *ac = admin_acquire(m, t, err, errlen);
+    if (!ac)
+        return -1;
+    lease_row row;
+    int rc = store_get_live_row(m, listed->id, &row, err, errlen);
+    if (rc == SP_STORE_NOT_FOUND) {
+        rc = 0;
+        goto out;
+    }
+    if (rc < 0)
+        goto out;
+    why = lease_end_reason(m, cfg, &row, now, &failed, err, errlen);
+    if (failed || !why) {
+        rc = failed ? -1 : 0;
+        goto out;
+    }
+    if (admin_run(ac, t, op_drop_role, (void *)row.role_name, err, errlen) < 0 ||
+        sweep_mark_dropped(m, &row, why, now, err, errlen) < 0) {
+        rc = -1;
+        goto out;
+    }
+    *why_out = why;
+    rc = 1;
+out:
+    admin_release(ac);
+    return rc;
 }
 
 /* Keeps the first error for the caller; later ones go to the log. */
@@ -1168,18 +1242,12 @@ static int sweep_rows(sp_lease_mgr *m, const sp_config *cfg, int64_t now, drop_f
     int dropped = 0;
     char rerr[512];
     for (size_t i = 0; i < n; i++) {
-        bool failed;
-        const char *why = lease_end_reason(m, cfg, &rows[i], now, &failed, rerr, sizeof(rerr));
-        if (failed) {
+        const char *why = NULL;
+        int rc = sweep_one(m, cfg, &rows[i], now, &why, rerr, sizeof(rerr));
+        if (rc < 0)
             sweep_note_error(err, errlen, any_error, rerr);
+        if (rc <= 0)
             continue;
-        }
-        if (!why)
-            continue;
-        if (sweep_drop_row(m, cfg, &rows[i], why, now, rerr, sizeof(rerr)) < 0) {
-            sweep_note_error(err, errlen, any_error, rerr);
-            continue;
-        }
         dropped++;
         if (fn)
             fn(rows[i].identity, rows[i].target, rows[i].role_name, why, arg);

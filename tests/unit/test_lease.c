@@ -550,6 +550,37 @@ static void test_sweep_at_start_drops_orphans(void **state)
     assert_int_equal(lease_column(carol.id, "active_sessions"), 0);
 }
 
+/* The lease key is the set of db_roles: order and repeats do not matter, and a lease with
+ * other roles than a live grant gives is not covered by it. */
+static void test_db_roles_are_a_set(void **state)
+{
+    (void)state;
+    char err[512] = "";
+    char *const twice[] = {"phi_read", "phi_read", NULL};
+    char *const none[] = {NULL};
+    sp_lease same, bare;
+    assert_int_equal(sp_lease_acquire(F.mgr, F.cfg, pg1(), "Alice.Smith@example", twice,
+                                      sp_now_us() + HOUR, &same, err, sizeof(err)),
+                     0);
+    assert_int_equal(same.id, ALICE.id);
+    sp_lease_release(F.mgr, same.id, sp_now_us());
+    assert_int_equal(sp_lease_acquire(F.mgr, F.cfg, pg1(), "Alice.Smith@example", none,
+                                      sp_now_us() + HOUR, &bare, err, sizeof(err)),
+                     0);
+    assert_true(bare.id != ALICE.id);
+    char v[256];
+    su_value("SELECT string_agg(g.rolname, ',' ORDER BY g.rolname) FROM pg_auth_members m"
+             " JOIN pg_roles r ON r.oid = m.member JOIN pg_roles g ON g.oid = m.roleid"
+             " WHERE r.rolname = $1",
+             bare.role_name, v, sizeof(v));
+    assert_string_equal(v, "sallyport_managed");
+    drops d;
+    assert_int_equal(sweep(sp_now_us(), false, &d), 1);
+    assert_string_equal(d.role[0], bare.role_name);
+    assert_string_equal(d.why[0], "grant-ended");
+    assert_true(role_exists(ALICE.role_name));
+}
+
 /* A role dropped behind the gateway's back is replaced, not handed out. */
 static void test_role_dropped_upstream_is_replaced(void **state)
 {
@@ -618,6 +649,7 @@ int main(void)
         cmocka_unit_test(test_sweep_drops_when_grant_revoked),
         cmocka_unit_test(test_sweep_drops_expired),
         cmocka_unit_test(test_sweep_at_start_drops_orphans),
+        cmocka_unit_test(test_db_roles_are_a_set),
         cmocka_unit_test(test_role_dropped_upstream_is_replaced),
         cmocka_unit_test(test_admin_connection_lost_is_reopened),
         cmocka_unit_test(test_admin_dsn_file_must_be_owner_only),
