@@ -117,6 +117,18 @@ static void collect_live_cred(const sp_credential *c, void *arg)
                                               "expires_at", cli_time_json(c->expires_at)));
 }
 
+/* "2026-12-03T14:17:15.123456Z" from the JSON form -> "2026-12-03T14:17:15Z"; null -> never. */
+static void short_time_of(json_t *v, char *out, size_t outlen)
+{
+    if (!json_is_string(v)) {
+        snprintf(out, outlen, "never");
+        return;
+    }
+    const char *text = json_string_value(v);
+    const char *dot = strchr(text, '.');
+    snprintf(out, outlen, "%.*sZ", dot ? (int)(dot - text) : (int)strlen(text) - 1, text);
+}
+
 static void print_identity_details(const sp_identity *id, const show_ctx *s)
 {
     char created[32], t1[32], t2[32];
@@ -129,21 +141,20 @@ static void print_identity_details(const sp_identity *id, const show_ctx *s)
     printf("grants:   %s\n", json_array_size(s->grants) ? "" : "none");
     json_array_foreach(s->grants, i, v)
     {
-        json_t *exp = json_object_get(v, "expires_at");
-        snprintf(t1, sizeof(t1), "%s", json_string_value(json_object_get(v, "granted_at")));
-        snprintf(t2, sizeof(t2), "%s", json_is_string(exp) ? json_string_value(exp) : "never");
-        printf("  #%lld %s, expires %s, granted by %s: %s\n",
+        short_time_of(json_object_get(v, "granted_at"), t1, sizeof(t1));
+        short_time_of(json_object_get(v, "expires_at"), t2, sizeof(t2));
+        printf("  #%lld %s, granted %s, expires %s, by %s: %s\n",
                (long long)json_integer_value(json_object_get(v, "id")),
-               json_string_value(json_object_get(v, "role")), t2,
+               json_string_value(json_object_get(v, "role")), t1, t2,
                json_string_value(json_object_get(v, "granted_by")),
                json_string_value(json_object_get(v, "reason")));
     }
     printf("live credentials: %s\n", json_array_size(s->creds) ? "" : "none");
     json_array_foreach(s->creds, i, v)
     {
+        short_time_of(json_object_get(v, "expires_at"), t2, sizeof(t2));
         printf("  %s (%s), expires %s\n", json_string_value(json_object_get(v, "id")),
-               json_string_value(json_object_get(v, "kind")),
-               json_string_value(json_object_get(v, "expires_at")));
+               json_string_value(json_object_get(v, "kind")), t2);
     }
 }
 

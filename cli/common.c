@@ -139,8 +139,8 @@ void cli_print_help(const cli_command *cmd, FILE *out)
     fprintf(out, "Usage: sallyport %s %s\n\n%s\n", cmd->name, cmd->synopsis, cmd->help);
     fprintf(out,
             "\nCommon options:\n"
-            "  -c, --config FILE  configuration file (default: $SALLYPORT_CONFIG, else "
-            "%s)\n"
+            "  -c, --config FILE  configuration file (default: $SALLYPORT_CONFIG, else\n"
+            "                     %s)\n"
             "  -h, --help         show this help\n",
             SP_DEFAULT_CONFIG);
 }

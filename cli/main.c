@@ -284,8 +284,8 @@ static void print_overview(FILE *out)
     fprintf(out,
             "\n"
             "Every command reads the configuration from -c FILE, else $SALLYPORT_CONFIG,\n"
-            "else %s. Run on the gateway host, the CLI acts as \"%s\" in the\n"
-            "audit trail.\n"
+            "else %s.\n"
+            "Run on the gateway host, the CLI acts as \"%s\" in the audit trail.\n"
             "Run 'sallyport COMMAND --help' for a command's options.\n"
             "Exit status: 0 done, 1 failed, 2 usage error.\n",
             SP_DEFAULT_CONFIG, CLI_ACTOR);
