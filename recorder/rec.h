@@ -125,8 +125,9 @@ int sp_rec_reader_next(sp_rec_reader *r, sp_rec_ev *ev, char *err, size_t errlen
 /* After reading to the end: sealed (trailer present), unsealed (ended without trailer at a
  * chunk boundary or with a cut last chunk), or damaged. end_reason from the trailer. */
 enum sp_rec_state sp_rec_reader_state(const sp_rec_reader *r, const char **end_reason);
-/* How reading ended, in words for people: "sealed: 12 chunks, 340 events", "unsealed after 11
- * whole chunks: the last chunk is cut short", or the damage (chunk number and why). */
+/* How reading ended, in words for people, to follow the state: sealed "12 chunks, 340 events";
+ * unsealed "after 11 whole chunks; the last chunk is cut short"; damaged "chunk 3 at offset
+ * 81234: checksum mismatch". */
 const char *sp_rec_reader_note(const sp_rec_reader *r);
 /* Whole chunks read so far. */
 uint64_t sp_rec_reader_chunks(const sp_rec_reader *r);

@@ -103,8 +103,8 @@ static int reader_damaged(sp_rec_reader *r, const char *fmt, ...)
 
 static int reader_unsealed(sp_rec_reader *r, const char *why)
 {
-    snprintf(r->note, sizeof(r->note), "unsealed after %llu whole chunks%s%s",
-             (unsigned long long)r->chunks, why ? ": " : "", why ? why : "");
+    snprintf(r->note, sizeof(r->note), "after %llu whole chunks%s%s",
+             (unsigned long long)r->chunks, why ? "; " : "", why ? why : "");
     r->state = AT_UNSEALED;
     return 0;
 }
@@ -372,7 +372,7 @@ static int read_trailer(sp_rec_reader *r)
         return reader_damaged(r, "%llu unexpected bytes after the trailer",
                               (unsigned long long)(left - total));
     r->pos += total;
-    snprintf(r->note, sizeof(r->note), "sealed: %llu chunks, %llu events",
+    snprintf(r->note, sizeof(r->note), "%llu chunks, %llu events",
              (unsigned long long)r->chunks, (unsigned long long)r->events);
     r->state = AT_SEALED;
     return 0;
