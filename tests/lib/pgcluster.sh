@@ -176,11 +176,18 @@ make_cert_in() { # STATE PGDIR
     mv "$state/server.pem" "$state/server.key" "$pg/"
 }
 
+# STATE may be reached through a symlink (the quickstart links it from a private directory);
+# the PostgreSQL user must be given the real path.
+real_state() {
+    mkdir -p "$1"
+    realpath "$1"
+}
+
 case ${1:-} in
 ca) make_ca "$2" "$3" ;;
 cert) make_cert "$2" "$3" "$4" ;;
-up) cmd_up "$2" "$3" "$4" ;;
-start) cmd_start "$2" ;;
-stop) cmd_stop "$2" ;;
+up) cmd_up "$(real_state "$2")" "$3" "$4" ;;
+start) cmd_start "$(real_state "$2")" ;;
+stop) [[ -e $2 ]] && cmd_stop "$(realpath "$2")" ;;
 *) die "usage: pgcluster.sh ca DIR NAME | cert DIR NAME CA | up STATE PORT ADMIN_PASSWORD | start STATE | stop STATE" ;;
 esac
