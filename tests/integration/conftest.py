@@ -210,7 +210,7 @@ class Gateway:
         if not self.bin.exists():
             raise AssertionError(f"gateway binary {self.bin} does not exist (build it, or set SALLYPORT_BIN)")
         logf = open(self.log, "ab")
-        logf.write(f"\n--- sallyport serve started at {time.strftime("%H:%M:%S")} ---\n".encode())
+        logf.write(f"\n--- sallyport serve started at {time.strftime('%H:%M:%S')} ---\n".encode())
         logf.flush()
         self.proc = subprocess.Popen([str(self.bin), "serve", "-c", str(self.cfg)],
                                      stdout=logf, stderr=logf, stdin=subprocess.DEVNULL,
