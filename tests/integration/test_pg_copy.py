@@ -34,6 +34,14 @@ def write_text_copy_file(path, size):
 
 
 @pytest.fixture
+def scratch(tmp_path):
+    """A directory for the large COPY files, emptied afterwards (pytest keeps old tmp dirs)."""
+    yield tmp_path
+    for f in tmp_path.iterdir():
+        f.unlink()
+
+
+@pytest.fixture
 def copy_tables(pg):
     pg.psql("DROP TABLE IF EXISTS copy_text, copy_bin_src, copy_bin_dst; "
             "CREATE TABLE copy_text (id integer, payload text); "
@@ -44,10 +52,10 @@ def copy_tables(pg):
 
 
 @pytest.mark.timeout(420)
-def test_copy_text_200_mib_each_direction(gateway, pg, copy_tables, new_name, tmp_path):
+def test_copy_text_200_mib_each_direction(gateway, pg, copy_tables, new_name, scratch):
     name = new_name()
     token = gateway.identity_with_token(name, "writer")
-    source, back = tmp_path / "in.copy", tmp_path / "out.copy"
+    source, back = scratch / "in.copy", scratch / "out.copy"
     rows = write_text_copy_file(source, TEXT_BYTES)
 
     gateway.psql(name, token, "-c", f"\\copy copy_text FROM '{source}'", timeout=300)
@@ -60,12 +68,12 @@ def test_copy_text_200_mib_each_direction(gateway, pg, copy_tables, new_name, tm
 
 
 @pytest.mark.timeout(180)
-def test_copy_binary_round_trip(gateway, pg, copy_tables, new_name, tmp_path):
+def test_copy_binary_round_trip(gateway, pg, copy_tables, new_name, scratch):
     pg.psql("CREATE TABLE copy_bin_src AS "
             "SELECT i AS id, sha256(i::text::bytea) || '\\x00ff0a0d5c'::bytea AS payload, "
             "timestamptz '2024-01-01 00:00:00+00' + make_interval(secs => i) AS at, "
             "(i * 1.25)::numeric AS amount FROM generate_series(1, 200000) AS i")
-    original = tmp_path / "src.bin"
+    original = scratch / "src.bin"
     with pg.connect() as direct, open(original, "wb") as f:
         with direct.cursor().copy("COPY (SELECT * FROM copy_bin_src ORDER BY id) "
                                   "TO STDOUT (FORMAT binary)") as copy:
@@ -74,7 +82,7 @@ def test_copy_binary_round_trip(gateway, pg, copy_tables, new_name, tmp_path):
 
     name = new_name()
     token = gateway.identity_with_token(name, "writer")
-    back = tmp_path / "back.bin"
+    back = scratch / "back.bin"
     with gateway.connect(name, token) as conn:
         with conn.cursor().copy("COPY copy_bin_dst FROM STDIN (FORMAT binary)") as copy, \
                 open(original, "rb") as f:
