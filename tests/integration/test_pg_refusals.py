@@ -73,8 +73,10 @@ def test_authentication_failures_are_indistinguishable(gateway, new_name):
 
 
 def test_no_grant_for_target_or_database(gateway, new_name):
+    # A token is only issued to an identity holding a grant; the grant then goes away.
     nobody = new_name("nogrant")
-    token = gateway.identity_with_token(nobody, role=None)
+    token = gateway.identity_with_token(nobody, "reader")
+    gateway.cli("revoke", nobody, "reader", "--reason", "test: access ended")
     out = attempt(gateway, nobody, token)
     assert out.code == "42501" and "no grant" in out.message, out.error
 
