@@ -333,9 +333,10 @@ static int64_t parse_count(const char *s)
     for (; *s; s++) {
         if (*s < '0' || *s > '9')
             return -1;
-        if (v > (INT64_MAX - 9) / 10)
+        int digit = *s - '0';
+        if (v > (INT64_MAX - digit) / 10)
             return -1;
-        v = v * 10 + (*s - '0');
+        v = v * 10 + digit;
     }
     return v;
 }
