@@ -249,8 +249,8 @@ int sp_scram_server_first_with_nonce_for_test(sp_scram_server *s, const char *me
                                               size_t errlen)
 {
     char buf[SP_SCRAM_MSG_MAX + 1], salt64[4 * (SCRAM_SALT_MAX / 3 + 1) + 1];
-    const char *why, *pos = buf, *cnonce;
-    size_t cnonce_len, snonce_len = strlen(server_nonce);
+    const char *why, *pos = buf, *cnonce = NULL;
+    size_t cnonce_len = 0, snonce_len = strlen(server_nonce);
     bool plus = false;
     if (s->state != SCRAM_START)
         return fail(&s->state, err, errlen, "SCRAM client-first-message arrived out of order");
