@@ -26,6 +26,8 @@ class Outcome:
         self.params = {}  # ParameterStatus
         self.rows = []  # rows of the optional query, as lists of str/None
         self.ssl_answer = None  # b'S' or b'N' when TLS was requested
+        self.backend_key = None  # (pid, key) from BackendKeyData
+        self.server_first = None  # the SCRAM server-first-message (salt, iterations)
 
     @property
     def code(self):
@@ -117,6 +119,8 @@ def _authenticate(conn, password, out):
             out.params[k.decode()] = v.decode()
         elif kind == b"Z":
             return True
+        elif kind == b"K":
+            out.backend_key = struct.unpack("!II", body[:8])
         elif kind == b"R":
             code = struct.unpack("!I", body[:4])[0]
             if code == 10:  # SASL: mechanisms follow
@@ -127,6 +131,7 @@ def _authenticate(conn, password, out):
                 first = ("n,," + first_bare).encode()
                 conn.send_msg(b"p", b"SCRAM-SHA-256\0" + struct.pack("!I", len(first)) + first)
             elif code == 11:  # SASLContinue
+                out.server_first = body[4:].decode()
                 final = _scram_client_final(password, first_bare, body[4:].decode(), nonce)
                 conn.send_msg(b"p", final.encode())
             elif code == 3:  # cleartext password
@@ -182,5 +187,60 @@ def attempt(port, params, password="", tls=True, cafile=None, query=None, host="
         if out.error is None:
             conn.send_msg(b"X", b"")
         return out
+    finally:
+        sock.close()
+
+
+def tls_socket(port, host="127.0.0.1", timeout=15, before=b""):
+    """A TLS connection to the gateway after an SSLRequest (optionally preceded by `before`)."""
+    sock = socket.create_connection((host, port), timeout=timeout)
+    if before:
+        sock.sendall(before)
+        answer = sock.recv(1)
+        if answer != b"N":
+            raise ConnectionError(f"expected N to {before!r}, got {answer!r}")
+    sock.sendall(struct.pack("!II", 8, SSL_REQUEST_CODE))
+    if sock.recv(1) != b"S":
+        raise ConnectionError("server declined TLS")
+    return ssl._create_unverified_context().wrap_socket(sock, server_hostname=host)
+
+
+class Session:
+    """An authenticated raw session kept open, for cancel and backpressure checks."""
+
+    def __init__(self, port, params, password, timeout=15):
+        self.out = Outcome()
+        self.sock = tls_socket(port, timeout=timeout)
+        self.conn = _Conn(self.sock)
+        self.conn.send(_startup_packet(params))
+        if not _authenticate(self.conn, password, self.out):
+            raise ConnectionError(f"login failed: {self.out.error}")
+
+    def send_query(self, sql):
+        self.conn.send_msg(b"Q", sql.encode() + b"\0")
+
+    def read_until_ready(self):
+        """Reads one query's answer; returns the ErrorResponse fields or None."""
+        error = None
+        while True:
+            kind, body = self.conn.recv_msg()
+            if kind == b"E":
+                error = _fields(body)
+            elif kind == b"Z":
+                return error
+
+    def close(self):
+        self.sock.close()
+
+
+def cancel(port, pid, key, tls):
+    """Sends a CancelRequest on a new connection, in plaintext or inside TLS."""
+    msg = struct.pack("!IIII", 16, 80877102, pid, key)
+    sock = tls_socket(port) if tls else socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        sock.sendall(msg)
+        sock.recv(1)  # the gateway closes without an answer, as PostgreSQL does
+    except (ConnectionError, OSError):
+        pass
     finally:
         sock.close()
