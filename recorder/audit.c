@@ -504,7 +504,7 @@ static void audit_format_time_ms(int64_t ms, char *out, size_t outlen)
 json_t *sp_audit_new(enum sp_audit_class cls, const char *activity, bool success, const char *actor)
 {
     int64_t ms = sp_now_us() / 1000;
-    char dt[40];
+    char dt[80];
     audit_format_time_ms(ms, dt, sizeof(dt));
     return json_pack("{s:I, s:s, s:i, s:s, s:i, s:s, s:s, s:i, s:i, s:{s:{s:s}}, "
                      "s:{s:{s:s, s:s}, s:s}}",
