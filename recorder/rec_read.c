@@ -452,6 +452,9 @@ static int read_chunk(sp_rec_reader *r)
         raw_len > chunk_raw_limit(r, count))
         return reader_damaged(r, "chunk %llu: %u events in %u bytes is out of range", no, count,
                               raw_len);
+    if (stored_len > ZSTD_compressBound(raw_len))
+        return reader_damaged(r, "chunk %llu: %u stored bytes for %u raw bytes is out of range", no,
+                              stored_len, raw_len);
     uint64_t total = REC_CHUNK_HEADER + (uint64_t)stored_len;
     if (left < total)
         return reader_unsealed(r, "the last chunk is cut short");
