@@ -177,25 +177,36 @@ static int audit_find_previous_file(const char *current, char *out, size_t outle
     return 0;
 }
 
-/* The first line of a new day's file links to the last line of the previous file. */
+/* The first line of a new day's file links to the last line of the previous file. Empty
+ * files are passed over: sp_audit_open creates the day's file before any line is written, so
+ * a writer started just before midnight leaves one behind. */
 static int audit_prev_of_earlier_file(const char *current, char hex[AUDIT_HASH_HEX])
 {
     char name[512], path[AUDIT_PATH_MAX + 512];
-    if (audit_find_previous_file(current, name, sizeof(name)) < 0)
-        return -1;
-    if (name[0] == '\0') {
-        memcpy(hex, audit_zero_hash, AUDIT_HASH_HEX);
-        return 0;
+    char before[512];
+    snprintf(before, sizeof(before), "%s", current);
+    for (;;) {
+        if (audit_find_previous_file(before, name, sizeof(name)) < 0)
+            return -1;
+        if (name[0] == '\0') {
+            memcpy(hex, audit_zero_hash, AUDIT_HASH_HEX);
+            return 0;
+        }
+        snprintf(path, sizeof(path), "%s/%s", audit.dir, name);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+            return -1;
+        /* A writer still finishing a line there (across midnight) holds LOCK_EX. */
+        struct stat st;
+        bool torn;
+        int rc = -1;
+        if (flock(fd, LOCK_SH) == 0 && fstat(fd, &st) == 0)
+            rc = st.st_size == 0 ? 1 : audit_prev_of_fd(fd, hex, &torn);
+        close(fd);
+        if (rc <= 0)
+            return rc;
+        snprintf(before, sizeof(before), "%s", name);
     }
-    snprintf(path, sizeof(path), "%s/%s", audit.dir, name);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return -1;
-    /* A writer still finishing a line there (across midnight) holds LOCK_EX. */
-    bool torn;
-    int rc = flock(fd, LOCK_SH) < 0 ? -1 : audit_prev_of_fd(fd, hex, &torn);
-    close(fd);
-    return rc;
 }
 
 /* ---- writing one line ---- */
@@ -493,7 +504,7 @@ static void audit_format_time_ms(int64_t ms, char *out, size_t outlen)
 json_t *sp_audit_new(enum sp_audit_class cls, const char *activity, bool success, const char *actor)
 {
     int64_t ms = sp_now_us() / 1000;
-    char dt[64];
+    char dt[80];
     audit_format_time_ms(ms, dt, sizeof(dt));
     return json_pack("{s:I, s:s, s:i, s:s, s:i, s:s, s:s, s:i, s:i, s:{s:{s:s}}, "
                      "s:{s:{s:s, s:s}, s:s}}",

@@ -218,7 +218,8 @@ sp_rec *sp_rec_create(const char *recordings_dir, const sp_rec_meta *meta, size_
      * whose engine flushes when asked. */
     sp_buf_init(&r->events, (size_t)SP_REC_MAX_CHUNK_RAW * 2 + REC_EVENT_HEADER +
                                 SP_REC_MAX_FIELDS * (REC_FIELD_HEADER + r->max_text));
-    r->last_fsync_us = sp_mono_us();
+    /* 0: the first flush fsyncs at once, so a new session's recording is durable early. */
+    r->last_fsync_us = 0;
     if (rec_make_path(r, recordings_dir, meta, err, errlen) < 0)
         goto fail;
     r->fd = open(r->path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
@@ -439,7 +440,8 @@ static void rec_fsync_done(uv_fs_t *req)
 static void rec_maybe_fsync(sp_rec *r, uv_loop_t *loop)
 {
     int64_t now = sp_mono_us();
-    if (!loop || r->fsync_pending || now - r->last_fsync_us < REC_FSYNC_INTERVAL_US)
+    if (!loop || r->fsync_pending ||
+        (r->last_fsync_us && now - r->last_fsync_us < REC_FSYNC_INTERVAL_US))
         return;
     rec_fsync *f = calloc(1, sizeof(*f));
     if (!f)

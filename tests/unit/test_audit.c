@@ -180,8 +180,10 @@ static void test_chain_across_files_and_writers(void **state)
     FILE *fp = fopen(earlier, "w");
     fputs(old_lines, fp);
     fclose(fp);
-    /* Another host's file and an older one of ours must not be chosen. */
+    /* Another host's file, an older one of ours and an empty newer one must not be chosen. */
     char other[512];
+    snprintf(other, sizeof(other), "%s/audit-%s-2000-01-05.jsonl", f->dir, f->host);
+    fclose(fopen(other, "w"));
     snprintf(other, sizeof(other), "%s/audit-%s-1999-12-31.jsonl", f->dir, f->host);
     fp = fopen(other, "w");
     fputs("{\"n\":0}\n", fp);

@@ -442,6 +442,47 @@ static void test_close_on_loop(void **state)
     free(path);
 }
 
+/* The first flush on a loop starts an fsync; closing the recording while it is in flight
+ * (synchronously, or on the loop) must not touch freed memory or a closed descriptor. */
+static void test_close_with_fsync_pending(void **state)
+{
+    fixture *f = *state;
+    char err[256];
+    uv_loop_t loop;
+    assert_int_equal(uv_loop_init(&loop), 0);
+    f->meta.session_id = "pending-sync";
+    sp_rec *r = sp_rec_create(f->dir, &f->meta, 1024, err, sizeof(err));
+    assert_non_null(r);
+    write_script_event(r, &script[1]);
+    assert_int_equal(sp_rec_flush(r, f->cctx, &loop), 0);
+    assert_int_equal(sp_rec_close_sync(r, f->cctx, "closed with fsync pending"), 0);
+
+    f->meta.session_id = "pending-async";
+    r = sp_rec_create(f->dir, &f->meta, 1024, err, sizeof(err));
+    assert_non_null(r);
+    char *path = strdup(sp_rec_path(r));
+    write_script_event(r, &script[1]);
+    assert_int_equal(sp_rec_flush(r, f->cctx, &loop), 0);
+    write_script_event(r, &script[2]);
+    assert_int_equal(sp_rec_flush(r, f->cctx, &loop), 0); /* no second fsync within 5 s */
+    close_result res = {0, 99};
+    sp_rec_close(r, f->cctx, &loop, "done", on_closed, &res);
+    assert_int_equal(uv_run(&loop, UV_RUN_DEFAULT), 0);
+    assert_int_equal(res.calls, 1);
+    assert_int_equal(res.status, 0);
+    assert_int_equal(uv_loop_close(&loop), 0);
+
+    sp_rec_reader *rd = sp_rec_reader_open(path, err, sizeof(err));
+    assert_non_null(rd);
+    sp_rec_ev ev;
+    assert_int_equal(sp_rec_reader_next(rd, &ev, err, sizeof(err)), 1);
+    assert_int_equal(sp_rec_reader_next(rd, &ev, err, sizeof(err)), 1);
+    assert_int_equal(sp_rec_reader_next(rd, &ev, err, sizeof(err)), 0);
+    assert_int_equal(sp_rec_reader_state(rd, NULL), SP_REC_SEALED);
+    sp_rec_reader_close(rd);
+    free(path);
+}
+
 /* A write failure marks the recording failed with the path and the reason. */
 static void test_write_failure(void **state)
 {
@@ -489,6 +530,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_cut_fields_and_unsealed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_large_events, setup, teardown),
         cmocka_unit_test_setup_teardown(test_close_on_loop, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_close_with_fsync_pending, setup, teardown),
         cmocka_unit_test_setup_teardown(test_write_failure, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
