@@ -1,0 +1,132 @@
+"""What the gateway does with unusual but legal, and with hostile, startup traffic; cancel
+routing; and memory under a client that stops reading. Spoken with the raw client in
+pgwire.py, since libpq hides these details."""
+
+import re
+import socket
+import struct
+import time
+
+import pytest
+
+from pgwire import (PROTOCOL_3_0, SSL_REQUEST_CODE, Session, _Conn, _fields, _startup_packet,
+                    attempt, cancel, tls_socket)
+
+GSSENC_REQUEST = struct.pack("!II", 8, 80877104)
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1))
+
+
+def login_works(gateway, name, token):
+    out = attempt(gateway.port, {"user": name, "database": "clinic"}, token, query="select 1")
+    assert out.error is None and out.rows == [["1"]], out
+
+
+def test_bytes_sent_with_sslrequest_close_the_connection(gateway, new_name):
+    name = new_name()
+    token = gateway.identity_with_token(name)
+    sock = socket.create_connection(("127.0.0.1", gateway.port), timeout=10)
+    # SSLRequest and a plaintext StartupMessage in one segment: the startup must never be
+    # taken as if it had come inside TLS.
+    sock.sendall(struct.pack("!II", 8, SSL_REQUEST_CODE) + _startup_packet({"user": name}))
+    assert sock.recv(16) == b""
+    sock.close()
+    login_works(gateway, name, token)
+
+
+def test_gssenc_answered_n_then_tls_login(gateway, new_name):
+    name = new_name()
+    token = gateway.identity_with_token(name)
+    sock = tls_socket(gateway.port, before=GSSENC_REQUEST)
+    sock.close()
+    login_works(gateway, name, token)
+
+
+def test_unknown_protocol_version_and_second_sslrequest(gateway):
+    sock = tls_socket(gateway.port)
+    body = struct.pack("!I", 4 << 16) + b"user\0x\0\0"
+    sock.sendall(struct.pack("!I", len(body) + 4) + body)
+    kind, err = _Conn(sock).recv_msg()
+    assert kind == b"E" and _fields(err)["C"] == "0A000", err
+    sock.close()
+
+    sock = tls_socket(gateway.port)
+    sock.sendall(struct.pack("!II", 8, SSL_REQUEST_CODE))
+    kind, err = _Conn(sock).recv_msg()
+    assert kind == b"E" and _fields(err)["C"] == "08P01", err
+    sock.close()
+
+
+@pytest.mark.parametrize("length", [0, 7, 2**31 - 1, 10 * 1024 * 1024])
+def test_bad_startup_lengths_get_protocol_errors(gateway, length):
+    sock = tls_socket(gateway.port)
+    sock.sendall(struct.pack("!I", length) + struct.pack("!I", PROTOCOL_3_0))
+    kind, err = _Conn(sock).recv_msg()
+    assert kind == b"E" and _fields(err)["C"] == "08P01", err
+    sock.close()
+
+
+def test_unknown_identity_gets_a_stable_fake_salt(gateway, new_name):
+    def server_first(user):
+        out = attempt(gateway.port, {"user": user, "database": "clinic"}, "spt_x_y")
+        assert out.code == "28P01", out
+        return dict(kv.split("=", 1) for kv in out.server_first.split(","))
+
+    ghost, other = new_name("ghost"), new_name("ghost")
+    a, b, c = server_first(ghost), server_first(ghost), server_first(other)
+    assert a["s"] == b["s"] and a["s"] != c["s"]
+    assert a["i"] == "4096"
+    real = new_name()
+    gateway.identity_with_token(real)
+    assert server_first(real)["i"] == a["i"]  # no difference in the iteration count either
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plaintext-cancel", "tls-cancel"])
+def test_cancel_reaches_only_its_own_session(gateway, new_name, tls):
+    name = new_name()
+    token = gateway.identity_with_token(name)
+    s = Session(gateway.port, {"user": name, "database": "clinic"}, token)
+    pid, key = s.out.backend_key
+    s.send_query("select pg_sleep(30)")
+    time.sleep(0.5)
+    cancel(gateway.port, pid, key ^ 1, tls)  # a guessed key does nothing
+    s.sock.settimeout(1.5)
+    with pytest.raises(socket.timeout):
+        s.conn.recv_msg()
+    s.sock.settimeout(10)
+    started = time.monotonic()
+    cancel(gateway.port, pid, key, tls)
+    err = s.read_until_ready()
+    assert err and err["C"] == "57014", err
+    assert time.monotonic() - started < 2
+    s.close()
+
+
+@pytest.mark.timeout(120)
+def test_client_that_stops_reading_keeps_gateway_memory_bounded(gateway, new_name):
+    name = new_name()
+    token = gateway.identity_with_token(name)
+    s = Session(gateway.port, {"user": name, "database": "clinic"}, token)
+    before = rss_kib(gateway.proc.pid)
+    # About 512 MiB of rows that the client never reads.
+    s.send_query("select repeat('x', 1048576) from generate_series(1, 512)")
+    time.sleep(4)
+    grown = rss_kib(gateway.proc.pid) - before
+    assert grown < 48 * 1024, f"gateway RSS grew by {grown} KiB for a client that reads nothing"
+    s.close()
+    other = new_name()
+    login_works(gateway, other, gateway.identity_with_token(other))
+
+
+def test_silent_client_is_closed_by_handshake_timeout(gateway):
+    sock = socket.create_connection(("127.0.0.1", gateway.port), timeout=30)
+    started = time.monotonic()
+    kind, err = _Conn(sock).recv_msg()  # no TLS was asked for, so the reason comes in clear
+    waited = time.monotonic() - started
+    assert kind == b"E" and _fields(err)["C"] == "08006", err
+    assert sock.recv(16) == b""
+    assert 8 <= waited <= 15, waited  # handshake_timeout = 10s in the test configuration
+    sock.close()
