@@ -40,7 +40,8 @@ typedef struct sp_pg_startup {
 /* Parses one startup-phase packet from p[0..len). `why` gets a static reason on SP_PG_BAD
  * (length below 8 or above SP_PG_STARTUP_MAX, strings not NUL-terminated, missing final
  * terminator, too many parameters, an unknown protocol code is NOT an error: code says it).
- * Parameter strings point into p, which must stay alive and writable is not required. */
+ * Parameter strings point into p, which must stay alive and writable is not required.
+ * Any 3.x code (3.0, 3.2, ...) carries parameters, which are parsed and must be well formed. */
 long sp_pg_read_startup(const uint8_t *p, size_t len, sp_pg_startup *out, const char **why);
 const char *sp_pg_startup_param(const sp_pg_startup *s, const char *key);
 
@@ -77,7 +78,8 @@ typedef struct sp_pg_error_fields {
     const char *message;  /* 'M' */
     const char *detail;   /* 'D', may be NULL */
 } sp_pg_error_fields;
-/* ErrorResponse / NoticeResponse body. */
+/* ErrorResponse / NoticeResponse body; -1 if malformed or severity, code or message is
+ * missing. */
 int sp_pg_parse_error(const uint8_t *body, size_t len, sp_pg_error_fields *out);
 
 typedef struct sp_pg_parse_msg {
@@ -113,7 +115,8 @@ int sp_pg_parse_execute(const uint8_t *body, size_t len, sp_pg_execute_msg *out)
 /* Authentication request ('R'): subtype and the rest. */
 int sp_pg_parse_auth(const uint8_t *body, size_t len, uint32_t *subtype, const uint8_t **rest,
                      size_t *rest_len);
-/* SASLInitialResponse ('p' body while authenticating): mechanism and data (len -1 = none). */
+/* SASLInitialResponse ('p' body while authenticating): mechanism and data (a wire length of
+ * -1 means none: data NULL, data_len 0). */
 int sp_pg_parse_sasl_initial(const uint8_t *body, size_t len, const char **mechanism,
                              const uint8_t **data, size_t *data_len);
 

@@ -522,7 +522,7 @@ static size_t stream(uint8_t *out)
     sp_buf b;
     sp_buf_init(&b, 4096);
     sp_pg_put_msg(&b, 'Q', "SELECT * FROM patients", 23);
-    sp_pg_put_msg(&b, 'D', "\0\1\0\0\0\3abc", 11);
+    sp_pg_put_msg(&b, 'D', "\0\1\0\0\0\3abc", 9);
     sp_pg_put_msg(&b, 'C', "SELECT 1", 9);
     sp_pg_put_ready(&b, 'I');
     sp_pg_put_terminate(&b);
@@ -549,7 +549,7 @@ static void check_stream_log(const seen_log *log)
     assert_memory_equal(log->items[0].body, "SELECT * FROM pa", 16);
     assert_int_equal(log->items[1].type, 'D');
     assert_false(log->items[1].has_body);
-    assert_int_equal(log->items[1].len, 11);
+    assert_int_equal(log->items[1].len, 9);
     assert_int_equal(log->items[2].type, 'C');
     assert_false(log->items[2].truncated);
     assert_string_equal(log->items[2].body, "SELECT 1");
