@@ -207,6 +207,18 @@ static void unlink_session(pg_session *s)
     w->n_sessions--;
 }
 
+/* What the authorize job produces. The job writes only here; the loop thread moves it into
+ * the session when the job completes, so nothing is shared while the job runs. */
+typedef struct authz {
+    sp_decision dec;
+    char database[SP_NAME_MAX];
+    struct sockaddr_storage up_addr;
+    sp_lease lease;
+    bool has_lease;
+    sp_rec *rec;
+    bool row_started;
+} authz;
+
 typedef struct job {
     uv_work_t req;
     pg_session *s;
@@ -214,6 +226,7 @@ typedef struct job {
     char err[256];
     int64_t chunks;
     char reason[160];
+    authz az;
 } job;
 
 static job *job_new(pg_session *s)
@@ -240,8 +253,8 @@ static void end_row_work(uv_work_t *req)
     job *j = req->data;
     pg_session *s = j->s;
     int64_t now = sp_now_us();
-    if (sp_store_session_end(s->gw->store, s->id, now, j->reason, j->chunks, j->err,
-                             sizeof(j->err)) < 0)
+    if (s->row_started && sp_store_session_end(s->gw->store, s->id, now, j->reason, j->chunks,
+                                               j->err, sizeof(j->err)) < 0)
         sp_error("pg %s: sessions index not updated: %s", s->id, j->err);
     if (s->has_lease)
         sp_lease_release(s->gw->leases, s->lease.id, now);
@@ -270,6 +283,30 @@ static void on_linger(uv_timer_t *t)
     if (sp_conn_open(&s->up) && !uv_is_closing((uv_handle_t *)&s->up.tcp))
         sp_conn_abort(&s->up);
     uv_close((uv_handle_t *)&s->timer, on_timer_closed);
+}
+
+/* Seal the recording, close the sessions-index row and give back the lease use, for what
+ * exists now. Runs from end_session, and again from the authorize job's completion when the
+ * session ended while that job was still on the thread pool. */
+static void release_session_state(pg_session *s)
+{
+    int64_t chunks = 0;
+    if (s->rec) {
+        sp_rec_eventv(s->rec, SP_EV_SESSION_END, sp_now_us(), s->end_reason, NULL);
+        chunks = (int64_t)sp_rec_chunks(s->rec);
+        s->jobs++;
+        sp_rec_close(s->rec, s->w->zctx, &s->w->loop, s->end_reason, on_rec_closed, s);
+        s->rec = NULL;
+    }
+    if (!s->row_started && !s->has_lease)
+        return;
+    job *j = job_new(s);
+    if (!j)
+        return;
+    j->chunks = chunks;
+    snprintf(j->reason, sizeof(j->reason), "%s", s->end_reason);
+    if (uv_queue_work(&s->w->loop, &j->req, end_row_work, end_row_after) < 0)
+        job_done(j);
 }
 
 /* Every way a session ends goes through here, once, with its reason. */
@@ -310,23 +347,7 @@ static void end_session(pg_session *s, const char *reason, const char *sqlstate,
     }
     unlink_session(s);
 
-    int64_t chunks = 0;
-    if (s->rec) {
-        sp_rec_eventv(s->rec, SP_EV_SESSION_END, sp_now_us(), reason, NULL);
-        s->jobs++;
-        sp_rec_close(s->rec, s->w->zctx, &s->w->loop, reason, on_rec_closed, s);
-        chunks = (int64_t)sp_rec_chunks(s->rec);
-        s->rec = NULL;
-    }
-    if (s->row_started) {
-        job *j = job_new(s);
-        if (j) {
-            j->chunks = chunks;
-            snprintf(j->reason, sizeof(j->reason), "%s", reason);
-            if (uv_queue_work(&s->w->loop, &j->req, end_row_work, end_row_after) < 0)
-                job_done(j);
-        }
-    }
+    release_session_state(s);
     if (was_relay || s->row_started) {
         json_t *ev = audit_base(s, SP_AUDIT_DATASTORE_ACTIVITY, "session-end", true);
         json_object_set_new(ev, "end_reason", json_string(reason));
@@ -845,51 +866,52 @@ enum authorize_outcome {
 static void authorize_work(uv_work_t *req)
 {
     job *j = req->data;
-    pg_session *s = j->s;
+    const pg_session *s = j->s;
+    authz *az = &j->az;
     sp_gateway *g = s->gw;
     int64_t now = sp_now_us();
-    if (sp_policy_decide(g->store, s->cfg, s->identity, s->target_name, s->database, now, &s->dec,
+    if (sp_policy_decide(g->store, s->cfg, s->identity, s->target_name, s->database, now, &az->dec,
                          j->err, sizeof(j->err)) < 0) {
         j->status = AZ_STORE;
         return;
     }
-    if (!s->dec.allowed) {
+    if (!az->dec.allowed) {
         j->status = AZ_DENIED;
         return;
     }
-    snprintf(s->database, sizeof(s->database), "%s", s->dec.database);
-    if (resolve_target(s->dec.target, &s->up_addr, j->err, sizeof(j->err)) < 0) {
+    snprintf(az->database, sizeof(az->database), "%s", az->dec.database);
+    if (resolve_target(az->dec.target, &az->up_addr, j->err, sizeof(j->err)) < 0) {
         j->status = AZ_RESOLVE;
         return;
     }
+    /* The lease first: the recording header names the upstream role. */
+    int64_t until =
+        az->dec.binding_expires_at ? az->dec.binding_expires_at : now + az->dec.role->max_ttl;
+    if (sp_lease_acquire(g->leases, s->cfg, az->dec.target, s->identity, az->dec.role->db_roles,
+                         until, &az->lease, j->err, sizeof(j->err)) < 0) {
+        j->status = AZ_LEASE;
+        return;
+    }
+    az->has_lease = true;
     sp_rec_meta meta = {
         .session_id = s->id,
         .kind = "postgres",
         .identity = s->identity,
         .target = s->target_name,
-        .database = s->database,
+        .database = az->database,
+        .db_user = az->lease.role_name,
         .client_addr = s->client.peer,
         .started_at = s->started_at,
     };
-    /* The lease first: the recording header names the upstream role. */
-    int64_t until =
-        s->dec.binding_expires_at ? s->dec.binding_expires_at : now + s->dec.role->max_ttl;
-    if (sp_lease_acquire(g->leases, s->cfg, s->dec.target, s->identity, s->dec.role->db_roles,
-                         until, &s->lease, j->err, sizeof(j->err)) < 0) {
-        j->status = AZ_LEASE;
-        return;
-    }
-    s->has_lease = true;
-    meta.db_user = s->lease.role_name;
     char rerr[256];
-    s->rec =
+    az->rec =
         sp_rec_create(s->cfg->recordings_dir, &meta, s->cfg->record_max_text, rerr, sizeof(rerr));
-    if (!s->rec) {
+    if (!az->rec) {
         snprintf(j->err, sizeof(j->err), "%s", rerr);
-        if (s->dec.role->recording == SP_REC_STRICT) {
+        if (az->dec.role->recording == SP_REC_STRICT) {
             j->status = AZ_RECORDING;
-            sp_lease_release(g->leases, s->lease.id, now);
-            s->has_lease = false;
+            sp_lease_release(g->leases, az->lease.id, now);
+            az->has_lease = false;
             return;
         }
     }
@@ -898,20 +920,20 @@ static void authorize_work(uv_work_t *req)
     snprintf(row.identity, sizeof(row.identity), "%s", s->identity);
     snprintf(row.kind, sizeof(row.kind), "postgres");
     snprintf(row.target, sizeof(row.target), "%s", s->target_name);
-    snprintf(row.database, sizeof(row.database), "%s", s->database);
-    snprintf(row.role, sizeof(row.role), "%s", s->dec.role->name);
+    snprintf(row.database, sizeof(row.database), "%s", az->database);
+    snprintf(row.role, sizeof(row.role), "%s", az->dec.role->name);
     snprintf(row.cred_id, sizeof(row.cred_id), "%s", s->cred_id);
-    row.binding_id = s->dec.binding_id;
+    row.binding_id = az->dec.binding_id;
     snprintf(row.client_addr, sizeof(row.client_addr), "%s", s->client.peer);
-    if (s->rec)
-        snprintf(row.recording_path, sizeof(row.recording_path), "%s", sp_rec_path(s->rec));
+    if (az->rec)
+        snprintf(row.recording_path, sizeof(row.recording_path), "%s", sp_rec_path(az->rec));
     row.started_at = s->started_at;
     row.gateway_pid = g->pid;
     if (sp_store_session_start(g->store, &row, j->err, sizeof(j->err)) < 0) {
         j->status = AZ_STORE;
         return;
     }
-    s->row_started = true;
+    az->row_started = true;
     j->status = AZ_OK;
 }
 
@@ -922,9 +944,23 @@ static void authorize_after(uv_work_t *req, int status)
     int outcome = status < 0 ? AZ_STORE : j->status;
     char err[256];
     snprintf(err, sizeof(err), "%s", j->err);
-    job_done(j);
-    if (s->state == PS_CLOSING)
+    s->dec = j->az.dec;
+    if (j->az.database[0])
+        snprintf(s->database, sizeof(s->database), "%s", j->az.database);
+    s->up_addr = j->az.up_addr;
+    s->lease = j->az.lease;
+    s->has_lease = j->az.has_lease;
+    s->rec = j->az.rec;
+    s->row_started = j->az.row_started;
+    OPENSSL_cleanse(&j->az.lease, sizeof(j->az.lease));
+    if (s->state == PS_CLOSING) {
+        /* The client left while the job ran: undo what it made (before job_done, which may
+         * free the session). */
+        release_session_state(s);
+        job_done(j);
         return;
+    }
+    job_done(j);
 
     json_t *ev = audit_base(s, SP_AUDIT_AUTHORIZE_SESSION, "authorize", outcome == AZ_OK);
     if (s->dec.role)

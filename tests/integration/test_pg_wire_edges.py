@@ -130,3 +130,40 @@ def test_silent_client_is_closed_by_handshake_timeout(gateway):
     assert sock.recv(16) == b""
     assert 8 <= waited <= 15, waited  # handshake_timeout = 10s in the test configuration
     sock.close()
+
+
+def test_client_gone_right_after_its_proof_leaves_nothing_live(gateway, new_name):
+    from pgwire import _scram_client_final, _scram_client_first
+
+    name = new_name()
+    token = gateway.identity_with_token(name)
+    for _ in range(3):
+        sock = tls_socket(gateway.port)
+        conn = _Conn(sock)
+        conn.send(_startup_packet({"user": name, "database": "clinic"}))
+        kind, body = conn.recv_msg()
+        assert kind == b"R" and struct.unpack("!I", body[:4])[0] == 10
+        nonce, first_bare = _scram_client_first()
+        first = ("n,," + first_bare).encode()
+        conn.send_msg(b"p", b"SCRAM-SHA-256\0" + struct.pack("!I", len(first)) + first)
+        kind, body = conn.recv_msg()
+        conn.send_msg(b"p", _scram_client_final(token, first_bare, body[4:].decode(),
+                                                nonce).encode())
+        sock.close()  # gone before the session is ready
+
+    def nothing_live():
+        return not [s for s in gateway.sessions(live=True) if s["identity"] == name]
+    wait_for(nothing_live, 10)
+    # With no session holding it, the lease goes at lease_idle like any unused one.
+    def role_gone():
+        with gateway.pg.connect() as c:
+            return not c.execute("select 1 from pg_roles where rolname like %s",
+                                 (f"sp_{name}_%",)).fetchall()
+    wait_for(role_gone, 15)
+
+
+def wait_for(predicate, timeout):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"{predicate.__name__} not true after {timeout}s"
+        time.sleep(0.2)
