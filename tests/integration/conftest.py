@@ -136,6 +136,8 @@ BASE_ROLES = {
                "max_ttl": "1h", "record_params": "yes", "recording": "strict"},
     "writer": {"targets": "clinic", "db_roles": "phi_write", "max_ttl": "1h",
                "recording": "strict"},
+    # Logged off after 2 s without client traffic.
+    "dozer": {"targets": "clinic", "db_roles": "phi_read", "max_ttl": "1h", "idle_timeout": "2s"},
     # Removed and restored by the reload test.
     "contractor": {"targets": "clinic", "db_roles": "phi_read", "max_ttl": "1h",
                    "recording": "best_effort"},

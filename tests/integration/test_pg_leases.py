@@ -90,3 +90,21 @@ def test_kill_ends_live_session_with_reason(gateway, new_name):
     assert reason in str(exc.value), str(exc.value)
     ended_row = gateway.session_of(name, ended=True)
     assert reason in ended_row["end_reason"], ended_row
+
+
+def test_idle_timeout_logs_the_session_off(gateway, new_name):
+    name = new_name()
+    token = gateway.identity_with_token(name, "dozer")
+    conn = gateway.connect(name, token)
+    try:
+        for _ in range(3):  # activity keeps it alive past the timeout
+            assert conn.execute("SELECT 1").fetchone()[0] == 1
+            time.sleep(1)
+        time.sleep(3.5)
+        with pytest.raises(psycopg.OperationalError) as err:
+            conn.execute("SELECT 1")
+        assert "idle" in str(err.value)
+    finally:
+        conn.close()
+    row = gateway.session_of(name, ended=True)
+    assert row["end_reason"] == "idle", row
