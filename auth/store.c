@@ -121,6 +121,33 @@ static int step_done(sp_store *s, sqlite3_stmt *st, int *changes, char *err, siz
     return 0;
 }
 
+/* A SELECT by one text key that yields at most one row, read by from_row into out. */
+static int get_one(sp_store *s, const char *sql, const char *key,
+                   void (*from_row)(sqlite3_stmt *st, void *out), void *out, const char *missing,
+                   const char *what, char *err, size_t errlen)
+{
+    sqlite3_stmt *st = NULL;
+    int ret = -1;
+    sp_store_lock(s);
+    if (prepare(s, sql, &st, err, errlen) < 0)
+        goto out;
+    bind_text(st, 1, key);
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        from_row(st, out);
+        ret = 0;
+    } else if (rc == SQLITE_DONE) {
+        snprintf(err, errlen, "%s %s", missing, key);
+        ret = SP_STORE_NOT_FOUND;
+    } else {
+        db_error(s, err, errlen, what);
+    }
+out:
+    sqlite3_finalize(st);
+    sp_store_unlock(s);
+    return ret;
+}
+
 static bool text_fits(const char *v, size_t cap)
 {
     return v && strlen(v) < cap;
@@ -336,8 +363,9 @@ out:
 #define IDENTITY_COLUMNS                                                                           \
     "name, kind, owner, purpose, disabled, scram_salt, scram_iterations, created_at"
 
-static void identity_from_row(sqlite3_stmt *st, sp_identity *out)
+static void identity_from_row(sqlite3_stmt *st, void *row)
 {
+    sp_identity *out = row;
     memset(out, 0, sizeof(*out));
     column_text(st, 0, out->name, sizeof(out->name));
     column_text(st, 1, out->kind, sizeof(out->kind));
@@ -351,27 +379,9 @@ static void identity_from_row(sqlite3_stmt *st, sp_identity *out)
 
 int sp_store_identity_get(sp_store *s, const char *name, sp_identity *out, char *err, size_t errlen)
 {
-    sqlite3_stmt *st = NULL;
-    int ret = -1;
-    sp_store_lock(s);
-    if (prepare(s, "SELECT " IDENTITY_COLUMNS " FROM identities WHERE name = ?", &st, err, errlen) <
-        0)
-        goto out;
-    bind_text(st, 1, name);
-    int rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW) {
-        identity_from_row(st, out);
-        ret = 0;
-    } else if (rc == SQLITE_DONE) {
-        snprintf(err, errlen, "no identity named %s", name);
-        ret = SP_STORE_NOT_FOUND;
-    } else {
-        db_error(s, err, errlen, "cannot read an identity");
-    }
-out:
-    sqlite3_finalize(st);
-    sp_store_unlock(s);
-    return ret;
+    return get_one(s, "SELECT " IDENTITY_COLUMNS " FROM identities WHERE name = ?", name,
+                   identity_from_row, out, "no identity named", "cannot read an identity", err,
+                   errlen);
 }
 
 int sp_store_identity_set_disabled(sp_store *s, const char *name, bool disabled, char *err,
@@ -675,8 +685,9 @@ out:
 
 #define CRED_COLUMNS "id, identity, kind, created_at, expires_at, revoked_at"
 
-static void cred_from_row(sqlite3_stmt *st, sp_credential *out)
+static void cred_from_row(sqlite3_stmt *st, void *row)
 {
+    sp_credential *out = row;
     memset(out, 0, sizeof(*out));
     column_text(st, 0, out->id, sizeof(out->id));
     column_text(st, 1, out->identity, sizeof(out->identity));
@@ -688,26 +699,8 @@ static void cred_from_row(sqlite3_stmt *st, sp_credential *out)
 
 int sp_store_cred_get(sp_store *s, const char *id, sp_credential *out, char *err, size_t errlen)
 {
-    sqlite3_stmt *st = NULL;
-    int ret = -1;
-    sp_store_lock(s);
-    if (prepare(s, "SELECT " CRED_COLUMNS " FROM credentials WHERE id = ?", &st, err, errlen) < 0)
-        goto out;
-    bind_text(st, 1, id);
-    int rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW) {
-        cred_from_row(st, out);
-        ret = 0;
-    } else if (rc == SQLITE_DONE) {
-        snprintf(err, errlen, "no credential with id %s", id);
-        ret = SP_STORE_NOT_FOUND;
-    } else {
-        db_error(s, err, errlen, "cannot read a credential");
-    }
-out:
-    sqlite3_finalize(st);
-    sp_store_unlock(s);
-    return ret;
+    return get_one(s, "SELECT " CRED_COLUMNS " FROM credentials WHERE id = ?", id, cred_from_row,
+                   out, "no credential with id", "cannot read a credential", err, errlen);
 }
 
 int sp_store_cred_revoke(sp_store *s, const char *id, int64_t now, char *err, size_t errlen)
@@ -772,8 +765,9 @@ out:
     "id, identity, kind, target, database, role, cred_id, binding_id, client_addr, "               \
     "recording_path, started_at, ended_at, end_reason, chunk_count, gateway_pid"
 
-static void session_from_row(sqlite3_stmt *st, sp_session_row *out)
+static void session_from_row(sqlite3_stmt *st, void *row)
 {
+    sp_session_row *out = row;
     memset(out, 0, sizeof(*out));
     column_text(st, 0, out->id, sizeof(out->id));
     column_text(st, 1, out->identity, sizeof(out->identity));
@@ -881,26 +875,8 @@ out:
 
 int sp_store_session_get(sp_store *s, const char *id, sp_session_row *out, char *err, size_t errlen)
 {
-    sqlite3_stmt *st = NULL;
-    int ret = -1;
-    sp_store_lock(s);
-    if (prepare(s, "SELECT " SESSION_COLUMNS " FROM sessions WHERE id = ?", &st, err, errlen) < 0)
-        goto out;
-    bind_text(st, 1, id);
-    int rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW) {
-        session_from_row(st, out);
-        ret = 0;
-    } else if (rc == SQLITE_DONE) {
-        snprintf(err, errlen, "no session with id %s", id);
-        ret = SP_STORE_NOT_FOUND;
-    } else {
-        db_error(s, err, errlen, "cannot read a session");
-    }
-out:
-    sqlite3_finalize(st);
-    sp_store_unlock(s);
-    return ret;
+    return get_one(s, "SELECT " SESSION_COLUMNS " FROM sessions WHERE id = ?", id, session_from_row,
+                   out, "no session with id", "cannot read a session", err, errlen);
 }
 
 int sp_store_session_find(sp_store *s, const char *id_or_prefix, sp_session_row *out, char *err,

@@ -265,6 +265,22 @@ out:
     return data;
 }
 
+int sp_write_all(int fd, const void *p, size_t n)
+{
+    const uint8_t *b = p;
+    while (n > 0) {
+        ssize_t w = write(fd, b, n);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        b += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
 int sp_mkdirs(const char *path, unsigned mode)
 {
     char tmp[4096];

@@ -44,6 +44,8 @@ bool sp_list_contains(char *const *list, const char *s);
  * Returns malloc'd NUL-terminated contents, or NULL with errbuf filled. */
 char *sp_read_file(const char *path, size_t max, bool owner_only, size_t *len, char *errbuf,
                    size_t errlen);
+/* write(2) all n bytes, retrying short writes and EINTR; -1 with errno on failure. */
+int sp_write_all(int fd, const void *p, size_t n);
 /* mkdir -p with the given mode. */
 int sp_mkdirs(const char *path, unsigned mode);
 /* Resolve `path` relative to the directory of `base_file` unless absolute. malloc'd. */

@@ -211,21 +211,6 @@ static int audit_prev_of_earlier_file(const char *current, char hex[AUDIT_HASH_H
 
 /* ---- writing one line ---- */
 
-static int audit_write_all(int fd, const char *p, size_t n)
-{
-    while (n > 0) {
-        ssize_t w = write(fd, p, n);
-        if (w < 0) {
-            if (errno == EINTR)
-                continue;
-            return -1;
-        }
-        p += w;
-        n -= (size_t)w;
-    }
-    return 0;
-}
-
 /* Serialises the event with its chain link and appends it. On failure (-1), err says what
  * failed on which file, and the event is left without "prev" so it can be retried; -2 means
  * the event itself cannot be written and retrying is pointless. */
@@ -274,11 +259,11 @@ static int audit_append(json_t *event, uint64_t dropped, char *err, size_t errle
         goto out_close;
     }
     step = "write";
-    if (torn && audit_write_all(fd, "\n", 1) < 0)
+    if (torn && sp_write_all(fd, "\n", 1) < 0)
         goto out;
     size_t len = strlen(text);
     text[len] = '\n'; /* replaces the NUL: the line is written in one write(2) */
-    if (audit_write_all(fd, text, len + 1) < 0)
+    if (sp_write_all(fd, text, len + 1) < 0)
         goto out;
     step = "fsync";
     if (fsync(fd) < 0)

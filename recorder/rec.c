@@ -88,26 +88,11 @@ static void rec_fail(sp_rec *r, const char *what, int err)
         snprintf(r->error, sizeof(r->error), "%s %s", what, r->path);
 }
 
-static int write_all(int fd, const uint8_t *p, size_t n)
-{
-    while (n > 0) {
-        ssize_t w = write(fd, p, n);
-        if (w < 0) {
-            if (errno == EINTR)
-                continue;
-            return -1;
-        }
-        p += w;
-        n -= (size_t)w;
-    }
-    return 0;
-}
-
 static int rec_write(sp_rec *r, const uint8_t *p, size_t n)
 {
     if (r->failed)
         return -1;
-    if (write_all(r->fd, p, n) < 0) {
+    if (sp_write_all(r->fd, p, n) < 0) {
         rec_fail(r, "write", errno);
         return -1;
     }
@@ -231,7 +216,7 @@ sp_rec *sp_rec_create(const char *recordings_dir, const sp_rec_meta *meta, size_
         snprintf(err, errlen, "recording header for %s: metadata too large", r->path);
         goto fail_unlink;
     }
-    if (write_all(r->fd, header.data, header.len) < 0) {
+    if (sp_write_all(r->fd, header.data, header.len) < 0) {
         snprintf(err, errlen, "write %s: %s", r->path, strerror(errno));
         goto fail_unlink;
     }
