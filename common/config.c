@@ -243,6 +243,12 @@ static int on_target(parse_ctx *p, int line, sp_target *t, const char *k, const 
     } else if (!strcmp(k, "upstream_ca")) {
         free(t->upstream_ca);
         t->upstream_ca = path_value(p, v);
+    } else if (!strcmp(k, "upstream_cert")) {
+        free(t->upstream_cert);
+        t->upstream_cert = path_value(p, v);
+    } else if (!strcmp(k, "upstream_key")) {
+        free(t->upstream_key);
+        t->upstream_key = path_value(p, v);
     } else if (!strcmp(k, "admin_dsn_file")) {
         free(t->admin_dsn_file);
         t->admin_dsn_file = path_value(p, v);
@@ -350,6 +356,18 @@ static int validate(sp_config *c, char *err, size_t errlen)
             snprintf(err, errlen, "%s: [target %s] needs address = host:port", c->path, t->name);
             return -1;
         }
+        if (!t->upstream_cert != !t->upstream_key) {
+            snprintf(err, errlen, "%s: [target %s] upstream_cert and upstream_key go together",
+                     c->path, t->name);
+            return -1;
+        }
+        if (t->upstream_cert && t->upstream_tls == SP_UTLS_DISABLE) {
+            snprintf(err, errlen,
+                     "%s: [target %s] upstream_cert needs upstream_tls other than "
+                     "disable",
+                     c->path, t->name);
+            return -1;
+        }
         if (t->kind == SP_TARGET_POSTGRES && !t->database) {
             snprintf(err, errlen, "%s: [target %s] needs database = NAME (its default)", c->path,
                      t->name);
@@ -442,6 +460,8 @@ void sp_config_unref(sp_config *c)
         free(t->host);
         free(t->database);
         free(t->upstream_ca);
+        free(t->upstream_cert);
+        free(t->upstream_key);
         free(t->admin_dsn_file);
         free(t->reassign_owner);
     }

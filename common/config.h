@@ -24,6 +24,8 @@ typedef struct sp_target {
     char *database; /* default database */
     enum sp_upstream_tls upstream_tls;
     char *upstream_ca;       /* CA file for verify-full / verify-ca; NULL = system store */
+    char *upstream_cert;     /* client certificate the gateway presents upstream (PEM) */
+    char *upstream_key;      /* its key (owner-only) */
     char *admin_dsn_file;    /* file holding the libpq DSN of the minting admin (owner-only) */
     char *reassign_owner;    /* objects owned by a dropped ephemeral role go to this role */
     int64_t connect_timeout; /* us */

@@ -99,6 +99,30 @@ static SSL_CTX *upstream_ctx(const sp_target *t, char *err, size_t errlen)
         return NULL;
     }
     SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    if (t->upstream_cert) {
+        /* With a client certificate, the target can admit the managed roles only from the
+         * gateway: a leaked or self-changed role password alone does not get in. */
+        char kerr[256];
+        char *pem = sp_read_file(t->upstream_key, 1 << 20, true, NULL, kerr, sizeof(kerr));
+        if (!pem) {
+            snprintf(err, errlen, "[target %s] upstream_key: %s", t->name, kerr);
+            SSL_CTX_free(ctx);
+            return NULL;
+        }
+        OPENSSL_cleanse(pem, strlen(pem));
+        free(pem);
+        if (SSL_CTX_use_certificate_chain_file(ctx, t->upstream_cert) != 1 ||
+            SSL_CTX_use_PrivateKey_file(ctx, t->upstream_key, SSL_FILETYPE_PEM) != 1 ||
+            SSL_CTX_check_private_key(ctx) != 1) {
+            char what[600];
+            snprintf(what, sizeof(what),
+                     "[target %s] upstream_cert %s and upstream_key do not load or match", t->name,
+                     t->upstream_cert);
+            ssl_errors(err, errlen, what);
+            SSL_CTX_free(ctx);
+            return NULL;
+        }
+    }
     if (t->upstream_tls == SP_UTLS_REQUIRE) {
         SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
         return ctx;
