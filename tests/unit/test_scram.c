@@ -1,6 +1,7 @@
 /* SCRAM-SHA-256: RFC 7677 vectors on both ends, client/server round trips (with and without
- * channel binding), refusals, certificate end-point hashes, and the verifier text against a
- * real PostgreSQL 15 when one is installed (tests/unit/pg_scram_verifier.sh). */
+ * channel binding), refusals, certificate end-point hashes, and against a real PostgreSQL 15
+ * when one is installed (tests/unit/pg_scram_verifier.sh): the verifier text logs psql in,
+ * and the SCRAM client logs in with precomputed keys over the wire. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -15,6 +16,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -22,6 +26,7 @@
 #include "auth/scram_internal.h"
 #include "common/buf.h"
 #include "common/util.h"
+#include "proxy/pgproto.h"
 
 #define RFC_SALT "W22ZaJ0SNY7soEsUEjb6gQ=="
 #define RFC_CLIENT_NONCE "rOprNGfwEbeRWgbNEkqO"
@@ -30,7 +35,7 @@
 #define RFC_SERVER_FIRST "r=" RFC_CLIENT_NONCE RFC_SERVER_NONCE ",s=" RFC_SALT ",i=4096"
 #define RFC_CLIENT_FINAL                                                                           \
     "c=biws,r=" RFC_CLIENT_NONCE RFC_SERVER_NONCE ",p=dHzbZapWIk4jUhN+"                            \
-                                                  "Ute9ytag9zjfMHgsqmmiz7AndVQ="
+    "Ute9ytag9zjfMHgsqmmiz7AndVQ="
 #define RFC_SERVER_FINAL "v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4="
 
 typedef struct keys {
@@ -580,29 +585,148 @@ static void cert_endpoint_hash(void **state)
     EVP_PKEY_free(ed);
 }
 
-/* ---- the verifier text in a real PostgreSQL ---- */
+/* ---- the verifier text and the client in a real PostgreSQL ---- */
 
-static void verifier_logs_in_to_postgres(void **state)
+static int pg_script(const char *mode, const char *dir, const char *arg)
+{
+    char script[1024], cmd[2048];
+    snprintf(script, sizeof(script), "%s", __FILE__);
+    snprintf(cmd, sizeof(cmd), "sh '%s/pg_scram_verifier.sh' %s '%s' '%s'", dirname(script), mode,
+             dir, arg);
+    int rc = system(cmd);
+    assert_true(rc != -1 && WIFEXITED(rc));
+    return WEXITSTATUS(rc);
+}
+
+typedef struct pg_conn {
+    int fd;
+    sp_buf in;
+    size_t last; /* bytes of the message handed out last, consumed on the next read */
+} pg_conn;
+
+/* Reads one whole backend message; the bytes after it stay buffered for the next call. */
+static void pg_read(pg_conn *pc, sp_pg_msg *m)
+{
+    const char *why;
+    sp_buf_consume(&pc->in, pc->last);
+    for (;;) {
+        long rc = sp_pg_read_msg(sp_buf_rptr(&pc->in), sp_buf_unread(&pc->in), 8192, m, &why);
+        assert_true(rc != SP_PG_BAD);
+        if (rc > 0) {
+            pc->last = (size_t)rc;
+            return;
+        }
+        assert_int_equal(sp_buf_reserve(&pc->in, 4096), 0);
+        ssize_t n = read(pc->fd, pc->in.data + pc->in.len, 4096);
+        assert_true(n > 0);
+        pc->in.len += (size_t)n;
+    }
+}
+
+/* Expects an Authentication message of this subtype, returning the data after the subtype. */
+static void pg_expect_auth(pg_conn *pc, uint32_t want_subtype, const uint8_t **data, size_t *len)
+{
+    sp_pg_msg m;
+    uint32_t subtype;
+    pg_read(pc, &m);
+    if (m.type == 'E') {
+        sp_pg_error_fields f;
+        if (sp_pg_parse_error(m.body, m.len, &f) == 0)
+            fail_msg("PostgreSQL refused: %s", f.message);
+    }
+    assert_int_equal(m.type, 'R');
+    assert_int_equal(sp_pg_parse_auth(m.body, m.len, &subtype, data, len), 0);
+    assert_int_equal(subtype, want_subtype);
+}
+
+static void pg_send(pg_conn *pc, sp_buf *out)
+{
+    assert_int_equal(write(pc->fd, out->data, out->len), (ssize_t)out->len);
+    sp_buf_reset(out);
+}
+
+/* The gateway's upstream path: the SCRAM client with precomputed keys (no password) logs in
+ * as the role whose verifier it set. */
+static void client_logs_in(const char *dir, const uint8_t *salt, const uint8_t *client_key,
+                           const uint8_t *server_key)
+{
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    snprintf(addr.sun_path, sizeof(addr.sun_path), "%s/.s.PGSQL.5432", dir);
+    pg_conn pc = {.fd = socket(AF_UNIX, SOCK_STREAM, 0)};
+    assert_true(pc.fd >= 0);
+    struct timeval patience = {.tv_sec = 20};
+    assert_int_equal(setsockopt(pc.fd, SOL_SOCKET, SO_RCVTIMEO, &patience, sizeof(patience)), 0);
+    assert_int_equal(connect(pc.fd, (struct sockaddr *)&addr, sizeof(addr)), 0);
+    sp_buf out, msg;
+    sp_buf_init(&pc.in, 65536);
+    sp_buf_init(&out, 65536);
+    sp_buf_init(&msg, 4096);
+    static const sp_pg_kv params[] = {{"user", "sp_verifier_test"}, {"database", "postgres"}};
+    assert_int_equal(sp_pg_put_startup(&out, params, 2), 0);
+    pg_send(&pc, &out);
+    const uint8_t *data;
+    size_t len;
+    pg_expect_auth(&pc, 10, &data, &len);
+    assert_non_null(memmem(data, len, "SCRAM-SHA-256", 14));
+
+    sp_scram_client c;
+    char err[256] = "";
+    sp_scram_client_init(&c, NULL, salt, SP_SCRAM_ITERATIONS, client_key, server_key);
+    assert_int_equal(sp_scram_client_first(&c, &msg), 0);
+    assert_int_equal(sp_pg_put_sasl_initial(&out, SP_SCRAM_MECH, msg.data, msg.len), 0);
+    pg_send(&pc, &out);
+    pg_expect_auth(&pc, 11, &data, &len);
+    sp_buf_reset(&msg);
+    if (sp_scram_client_final(&c, data, len, &msg, err, sizeof(err)) != 0)
+        fail_msg("client-final: %s", err);
+    assert_int_equal(sp_pg_put_sasl_response(&out, msg.data, msg.len), 0);
+    pg_send(&pc, &out);
+    pg_expect_auth(&pc, 12, &data, &len);
+    if (sp_scram_client_verify(&c, data, len, err, sizeof(err)) != 0)
+        fail_msg("server-final: %s", err);
+    pg_expect_auth(&pc, 0, &data, &len);
+    assert_int_equal(sp_pg_put_terminate(&out), 0);
+    pg_send(&pc, &out);
+    close(pc.fd);
+    sp_buf_free(&pc.in);
+    sp_buf_free(&out);
+    sp_buf_free(&msg);
+}
+
+/* The server is stopped by the teardown, which also runs when an assertion fails. */
+static char pg_dir[64];
+
+static int stop_postgres(void **state)
+{
+    (void)state;
+    if (pg_dir[0])
+        pg_script("stop", pg_dir, "");
+    pg_dir[0] = '\0';
+    return 0;
+}
+
+static void verifier_in_postgres(void **state)
 {
     (void)state;
     const char *password = "spt_verifier_test_Zk3q";
-    uint8_t salt[SP_SCRAM_SALTLEN], stored[SP_SCRAM_KEYLEN], server[SP_SCRAM_KEYLEN];
-    char verifier[256], script[1024], cmd[2048];
+    uint8_t salt[SP_SCRAM_SALTLEN], client_key[SP_SCRAM_KEYLEN], stored[SP_SCRAM_KEYLEN],
+        server[SP_SCRAM_KEYLEN];
+    char verifier[256], dir[] = "/tmp/sp-scram-pg.XXXXXX";
     assert_int_equal(sp_random_bytes(salt, sizeof(salt)), 0);
     assert_int_equal(sp_scram_derive(password, strlen(password), salt, sizeof(salt),
-                                     SP_SCRAM_ITERATIONS, NULL, stored, server),
+                                     SP_SCRAM_ITERATIONS, client_key, stored, server),
                      0);
     assert_int_equal(sp_scram_verifier_text(salt, sizeof(salt), SP_SCRAM_ITERATIONS, stored, server,
                                             verifier, sizeof(verifier)),
                      0);
-    snprintf(script, sizeof(script), "%s", __FILE__);
-    snprintf(cmd, sizeof(cmd), "sh '%s/pg_scram_verifier.sh' '%s' '%s'", dirname(script), verifier,
-             password);
-    int rc = system(cmd);
-    assert_true(rc != -1 && WIFEXITED(rc));
-    if (WEXITSTATUS(rc) == 77)
+    assert_non_null(mkdtemp(dir));
+    snprintf(pg_dir, sizeof(pg_dir), "%s", dir);
+    int rc = pg_script("start", dir, verifier);
+    if (rc == 77)
         skip();
-    assert_int_equal(WEXITSTATUS(rc), 0);
+    assert_int_equal(rc, 0);
+    assert_int_equal(pg_script("login", dir, password), 0);
+    client_logs_in(dir, salt, client_key, server);
 }
 
 int main(void)
@@ -624,7 +748,7 @@ int main(void)
         cmocka_unit_test(server_final_table),
         cmocka_unit_test(client_final_table),
         cmocka_unit_test(cert_endpoint_hash),
-        cmocka_unit_test(verifier_logs_in_to_postgres),
+        cmocka_unit_test_teardown(verifier_in_postgres, stop_postgres),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
