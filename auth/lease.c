@@ -1076,6 +1076,11 @@ int sp_lease_acquire(sp_lease_mgr *m, const sp_config *cfg, const sp_target *t,
     return rc == 0 ? 0 : -1;
 }
 
+void sp_lease_invalidate(sp_lease_mgr *m, int64_t lease_id)
+{
+    keys_forget(m, lease_id);
+}
+
 void sp_lease_release(sp_lease_mgr *m, int64_t lease_id, int64_t now)
 {
     char err[256];

@@ -38,6 +38,10 @@ void sp_lease_mgr_free(sp_lease_mgr *m);
 int sp_lease_acquire(sp_lease_mgr *m, const sp_config *cfg, const sp_target *t,
                      const char *identity, char *const *db_roles, int64_t valid_until,
                      sp_lease *out, char *err, size_t errlen);
+/* The upstream refused the lease's credential (its password was changed behind the gateway):
+ * forget the keys, so the next acquire sets a new verifier. Only takes a mutex: safe on a
+ * loop thread. */
+void sp_lease_invalidate(sp_lease_mgr *m, int64_t lease_id);
 /* A session on the lease ended. */
 void sp_lease_release(sp_lease_mgr *m, int64_t lease_id, int64_t now);
 /* Drop every lease whose access ended (binding gone or expired, identity disabled, role or

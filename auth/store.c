@@ -893,10 +893,12 @@ int sp_store_session_find(sp_store *s, const char *id_or_prefix, sp_session_row 
     if (ret != SP_STORE_NOT_FOUND)
         goto out;
     ret = -1;
-    /* substr() rather than LIKE: a prefix is compared literally, with no wildcards. */
+    /* Session ids are time-ordered, so sessions started together share their first digits:
+     * the end of an id is as good a handle as its start. substr() rather than LIKE, so the
+     * text is compared literally, with no wildcards. */
     if (prepare(s,
                 "SELECT " SESSION_COLUMNS " FROM sessions "
-                "WHERE substr(id, 1, length(?1)) = ?1 LIMIT 2",
+                "WHERE substr(id, 1, length(?1)) = ?1 OR substr(id, -length(?1)) = ?1 LIMIT 2",
                 &st, err, errlen) < 0)
         goto out;
     bind_text(st, 1, id_or_prefix);
@@ -907,11 +909,10 @@ int sp_store_session_find(sp_store *s, const char *id_or_prefix, sp_session_row 
     if (rc != SQLITE_DONE) {
         db_error(s, err, errlen, "cannot look up the session");
     } else if (matches == 0) {
-        snprintf(err, errlen, "no session with id or id prefix %s", id_or_prefix);
+        snprintf(err, errlen, "no session whose id is, starts or ends with %s", id_or_prefix);
         ret = SP_STORE_NOT_FOUND;
     } else if (matches > 1) {
-        snprintf(err, errlen, "session id prefix %s matches several sessions; give more of the id",
-                 id_or_prefix);
+        snprintf(err, errlen, "%s matches several sessions; give more of the id", id_or_prefix);
     } else {
         ret = 0;
     }

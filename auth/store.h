@@ -145,7 +145,7 @@ int sp_store_session_end(sp_store *s, const char *id, int64_t ended_at, const ch
                          int64_t chunk_count, char *err, size_t errlen);
 int sp_store_session_get(sp_store *s, const char *id, sp_session_row *out, char *err,
                          size_t errlen);
-/* A session by full id or by a prefix of it (for people typing ids). A prefix matching
+/* A session by full id, or by a start or an end of it (for people typing ids). Text matching
  * several sessions is an error (-1, err says so). */
 int sp_store_session_find(sp_store *s, const char *id_or_prefix, sp_session_row *out, char *err,
                           size_t errlen);

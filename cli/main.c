@@ -2,6 +2,7 @@
  * argv to the command's own parser (so -c FILE may come before or after them). */
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "cli/cli.h"
 #include "proxy/server.h"
@@ -220,9 +221,10 @@ const cli_command cli_commands[] = {
     {.name = "kill",
      .synopsis = "SESSION --reason TEXT",
      .summary = "end a live session",
-     .help = "Ask the gateway that holds SESSION (an id, or a unique prefix of one) to end\n"
-             "it; it does so within a second. To keep the identity out, also revoke its\n"
-             "grant or credential, or disable it.\n"
+     .help = "Ask the gateway that holds SESSION (an id, or a unique start or end of\n"
+             "one) to end it; it does so within a second, and cancels the statement it\n"
+             "was running. To keep the identity out, also revoke its grant or\n"
+             "credential, or disable it.\n"
              "\n"
              "Options:\n"
              "  --reason TEXT  why (required; audited and shown as the end reason)",
@@ -234,8 +236,8 @@ const cli_command cli_commands[] = {
     {.name = "replay",
      .synopsis = "SESSION [--json]",
      .summary = "show a session's query timeline",
-     .help = "Print the recorded query timeline of SESSION (an id, or a unique prefix of\n"
-             "one): each statement with its time offset, duration and outcome, then how the\n"
+     .help = "Print the recorded query timeline of SESSION (an id, or a unique start or end\n"
+             "of one): each statement with its time offset, duration and outcome, then how the\n"
              "session ended and whether the recording is sealed. Recordings hold PHI:\n"
              "each viewing is recorded in the audit trail.\n"
              "\n"
@@ -374,6 +376,9 @@ static void drop_arg(int *argc, char **argv, int i)
 
 int main(int argc, char **argv)
 {
+    /* Everything sallyport writes (store, recordings, audit trail, keys) is for its owner
+     * only: the store holds credential verifiers, recordings hold PHI. */
+    umask(077);
     int first = next_word(argc, argv, 1);
     if (first >= argc) {
         for (int i = 1; i < argc; i++) {

@@ -103,6 +103,7 @@ typedef struct pg_session {
     uint64_t copy_bytes;   /* CopyData bytes in the current COPY */
     char copy_dir;         /* 'i', 'o' or 0 */
     uint64_t bytes_in, bytes_out;
+    bool busy; /* the client sent something the backend has not answered with ReadyForQuery */
     char end_reason[160];
 } pg_session;
 
@@ -111,6 +112,8 @@ static void end_session(pg_session *s, const char *reason, const char *sqlstate,
 static void relay_client(pg_session *s, const uint8_t *p, size_t n);
 static void relay_upstream(pg_session *s, const uint8_t *p, size_t n);
 static void up_connect(pg_session *s);
+static void send_cancel(sp_worker *w, const struct sockaddr_storage *addr, uint32_t pid,
+                        uint32_t key);
 
 /* ---- small helpers ---- */
 
@@ -293,6 +296,7 @@ static void release_session_state(pg_session *s)
     int64_t chunks = 0;
     if (s->rec) {
         sp_rec_eventv(s->rec, SP_EV_SESSION_END, sp_now_us(), s->end_reason, NULL);
+        sp_rec_flush(s->rec, s->w->zctx, &s->w->loop); /* so the count includes the last chunk */
         chunks = (int64_t)sp_rec_chunks(s->rec);
         s->jobs++;
         sp_rec_close(s->rec, s->w->zctx, &s->w->loop, s->end_reason, on_rec_closed, s);
@@ -342,6 +346,10 @@ static void end_session(pg_session *s, const char *reason, const char *sqlstate,
     uv_timer_start(&s->timer, on_linger, LINGER_MS, 0);
 
     if (s->live_registered) {
+        /* Closing our side does not stop a running statement: PostgreSQL notices a gone
+         * client only when it next writes. A killed or revoked session must stop now. */
+        if (s->busy && s->live.has_backend)
+            send_cancel(s->w, &s->live.upstream_addr, s->live.be_pid, s->live.be_key);
         sp_gateway_live_remove(s->gw, &s->live);
         s->live_registered = false;
     }
@@ -500,6 +508,26 @@ static const sp_conn_ops cancel_ops = {
     .on_closed = cancel_on_closed,
 };
 
+/* Ask the upstream to cancel what backend pid is running (a CancelRequest on a new
+ * connection, as PostgreSQL expects; no answer comes back). */
+static void send_cancel(sp_worker *w, const struct sockaddr_storage *addr, uint32_t pid,
+                        uint32_t key)
+{
+    cancel_conn *cc = calloc(1, sizeof(*cc));
+    if (!cc)
+        return;
+    sp_put_be32(cc->msg, 16);
+    sp_put_be32(cc->msg + 4, SP_PG_CANCEL_REQUEST);
+    sp_put_be32(cc->msg + 8, pid);
+    sp_put_be32(cc->msg + 12, key);
+    if (sp_conn_connect(&cc->conn, w, (const struct sockaddr *)addr, &cancel_ops, cc) < 0) {
+        if (sp_conn_open(&cc->conn))
+            sp_conn_close(&cc->conn);
+        else
+            free(cc);
+    }
+}
+
 /* A CancelRequest names the gateway's key for a session; the upstream backend gets its own
  * key, and only that session's backend can be cancelled. */
 static void handle_cancel(pg_session *s, uint32_t pid, uint32_t key)
@@ -512,19 +540,7 @@ static void handle_cancel(pg_session *s, uint32_t pid, uint32_t key)
         end_session(s, "cancel-unknown", NULL, NULL);
         return;
     }
-    cancel_conn *cc = calloc(1, sizeof(*cc));
-    if (cc) {
-        sp_put_be32(cc->msg, 16);
-        sp_put_be32(cc->msg + 4, SP_PG_CANCEL_REQUEST);
-        sp_put_be32(cc->msg + 8, be_pid);
-        sp_put_be32(cc->msg + 12, be_key);
-        if (sp_conn_connect(&cc->conn, s->w, (struct sockaddr *)&addr, &cancel_ops, cc) < 0) {
-            if (sp_conn_open(&cc->conn))
-                sp_conn_close(&cc->conn);
-            else
-                free(cc);
-        }
-    }
+    send_cancel(s->w, &addr, be_pid, be_key);
     sp_info("pg %s %s: cancel forwarded to session %s", s->id, s->client.peer, sid);
     end_session(s, "cancel-request", NULL, NULL);
 }
@@ -647,7 +663,9 @@ static void handle_startup_packet(pg_session *s)
         return;
     case SP_PG_PROTO_V3:
         if (s->state == PS_STARTUP) {
-            refuse(s, "08P01", "sallyport requires TLS: connect with sslmode=require or stronger",
+            refuse(s, "08P01",
+                   "sallyport requires TLS: connect with sslmode=verify-full (and sslrootcert=the "
+                   "gateway's CA)",
                    "tls-required");
             return;
         }
@@ -975,14 +993,16 @@ static void authorize_after(uv_work_t *req, int status)
         json_object_set_new(ev, "recording", json_string(sp_rec_path(s->rec)));
     sp_audit_emit(ev);
 
-    char msg[256];
+    char msg[384];
     switch (outcome) {
     case AZ_OK:
         break;
     case AZ_DENIED:
         /* Says nothing about whether the target exists. */
-        snprintf(msg, sizeof(msg), "no grant for \"%s%s%s\" held by \"%s\"", s->target_name,
-                 s->database[0] ? "/" : "", s->database, s->identity);
+        snprintf(msg, sizeof(msg),
+                 "no grant for \"%s%s%s\" held by \"%s\" (check the target name, or ask "
+                 "for access)",
+                 s->target_name, s->database[0] ? "/" : "", s->database, s->identity);
         refuse(s, "42501", msg, "no-grant");
         return;
     case AZ_RECORDING:
@@ -1136,6 +1156,20 @@ static void up_on_tls(sp_conn *c, bool ok, const char *why)
     send_upstream_startup(s);
 }
 
+/* The upstream refused the lease's own credential: someone changed the role's password
+ * (any role may change its own). Re-key it for the next session and say so in the audit. */
+static void lease_tampered(pg_session *s, const char *why)
+{
+    sp_lease_invalidate(s->gw->leases, s->lease.id);
+    json_t *ev = audit_base(s, SP_AUDIT_USER_ACCESS, "lease-credential-changed", false);
+    json_object_set_new(ev, "db_user", json_string(s->lease.role_name));
+    json_object_set_new(ev, "status_detail", json_string(why));
+    sp_audit_emit(ev);
+    sp_warn("pg %s: the password of lease role %s was changed outside the gateway; it gets a "
+            "new one at the next session",
+            s->id, s->lease.role_name);
+}
+
 static void up_fail(pg_session *s, const char *log_why)
 {
     sp_error("pg %s: upstream startup failed: %s", s->id, log_why);
@@ -1199,6 +1233,8 @@ static int up_startup_msg(pg_session *s, const sp_pg_msg *m)
             sp_buf cf;
             sp_buf_init(&cf, 1024);
             rc = sp_scram_client_final(&s->up_scram, rest, rlen, &cf, err, sizeof(err));
+            if (rc < 0)
+                lease_tampered(s, err);
             if (rc == 0)
                 rc = sp_pg_put_sasl_response(&out, cf.data, cf.len);
             sp_buf_free(&cf);
@@ -1228,6 +1264,8 @@ static int up_startup_msg(pg_session *s, const sp_pg_msg *m)
         sp_pg_parse_error(m->body, m->len, &ef);
         snprintf(err, sizeof(err), "%s %s", ef.code ? ef.code : "?", ef.message ? ef.message : "?");
         sp_error("pg %s: upstream refused the session: %s", s->id, err);
+        if (ef.code && !strcmp(ef.code, "28P01"))
+            lease_tampered(s, err);
         /* The upstream's own words reach the client (it may be "too many connections"). */
         char msg[300];
         snprintf(msg, sizeof(msg), "the target refused the session: %s",
@@ -1413,6 +1451,8 @@ static void on_client_msg(void *arg, uint8_t type, const uint8_t *body, uint32_t
     pg_session *s = arg;
     sp_pg_cur c;
     size_t n;
+    if (type != 'X')
+        s->busy = true;
     if (!body && type != 'd' && type != 'X')
         return;
     switch (type) {
@@ -1524,6 +1564,7 @@ static void on_server_msg(void *arg, uint8_t type, const uint8_t *body, uint32_t
         break;
     }
     case 'Z':
+        s->busy = false;
         if (len >= 1) {
             char st[2] = {(char)body[0], 0};
             sp_rec_field f = fstr(st);

@@ -419,7 +419,7 @@ static void print_text(timeline *t, const stmt *st, int64_t began, const result 
 
 static void print_json_line(timeline *t, json_t *obj)
 {
-    char *s = json_dumps(obj, JSON_COMPACT);
+    char *s = json_dumps(obj, JSON_COMPACT | JSON_REAL_PRECISION(9));
     if (s) {
         fprintf(t->out, "%s\n", s);
         free(s);

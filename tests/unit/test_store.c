@@ -450,6 +450,11 @@ static void test_session_find_prefix(void **state)
                      SP_STORE_NOT_FOUND);
     assert_int_equal(sp_store_session_find(f->s, "ffff", &r, f->err, sizeof(f->err)),
                      SP_STORE_NOT_FOUND);
+    /* The end of an id works too: time-ordered ids share their start. */
+    assert_int_equal(sp_store_session_find(f->s, "2222", &r, f->err, sizeof(f->err)), 0);
+    assert_string_equal(r.id, "0190aaaa-2222");
+    assert_int_equal(sp_store_session_find(f->s, "-1111", &r, f->err, sizeof(f->err)), 0);
+    assert_string_equal(r.id, "0190aaaa-1111");
 }
 
 static void collect_session_ids(const sp_session_row *row, void *arg)
