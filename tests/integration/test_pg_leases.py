@@ -91,6 +91,14 @@ def test_kill_ends_live_session_with_reason(gateway, new_name):
     ended_row = gateway.session_of(name, ended=True)
     assert reason in ended_row["end_reason"], ended_row
 
+    # The statement stops upstream too, not only the client's connection.
+    def statement_stopped():
+        with gateway.pg.connect() as c:
+            return not c.execute(
+                "select 1 from pg_stat_activity where usename like %s and state = 'active'",
+                (f"sp_{name}_%",)).fetchall()
+    wait_until(statement_stopped, 2, interval=0.1, what="the killed statement to stop upstream")
+
 
 def test_idle_timeout_logs_the_session_off(gateway, new_name):
     name = new_name()
