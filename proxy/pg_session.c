@@ -1197,6 +1197,13 @@ static void finish_startup(pg_session *s)
     sp_info("pg %s %s: %s -> %s/%s as %s", s->id, s->client.peer, s->identity, s->target_name,
             s->database, s->lease.role_name);
     sp_conn_read_start(&s->client);
+    /* A client may pipeline its first messages right behind the SCRAM proof. */
+    if (sp_buf_unread(&s->in)) {
+        sp_buf early = s->in;
+        sp_buf_init(&s->in, s->cfg->max_message_size);
+        relay_client(s, sp_buf_rptr(&early), sp_buf_unread(&early));
+        sp_buf_free(&early);
+    }
 }
 
 /* One whole upstream message during its startup. Returns -1 when the session ended. */

@@ -167,3 +167,34 @@ def wait_for(predicate, timeout):
     while not predicate():
         assert time.monotonic() < deadline, f"{predicate.__name__} not true after {timeout}s"
         time.sleep(0.2)
+
+
+def test_query_pipelined_behind_the_scram_proof_is_answered(gateway, new_name):
+    from pgwire import _scram_client_final, _scram_client_first
+
+    name = new_name()
+    token = gateway.identity_with_token(name)
+    sock = tls_socket(gateway.port)
+    conn = _Conn(sock)
+    conn.send(_startup_packet({"user": name, "database": "clinic"}))
+    conn.recv_msg()
+    nonce, first_bare = _scram_client_first()
+    first = ("n,," + first_bare).encode()
+    conn.send_msg(b"p", b"SCRAM-SHA-256\0" + struct.pack("!I", len(first)) + first)
+    kind, body = conn.recv_msg()
+    final = _scram_client_final(token, first_bare, body[4:].decode(), nonce).encode()
+    query = b"select 'pipelined'\0"
+    # Proof and query in one segment.
+    conn.send(b"p" + struct.pack("!I", len(final) + 4) + final +
+              b"Q" + struct.pack("!I", len(query) + 4) + query)
+    seen = []
+    while True:
+        kind, body = conn.recv_msg()
+        seen.append(kind)
+        if kind == b"D":
+            assert b"pipelined" in body
+        if kind == b"E":
+            raise AssertionError(_fields(body))
+        if kind == b"Z" and b"D" in seen:
+            break
+    sock.close()
