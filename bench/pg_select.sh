@@ -60,6 +60,8 @@ log_level = warn
 address = 127.0.0.1:$PGPORT
 database = clinic
 upstream_ca = ca.pem
+upstream_cert = gateway-client.pem
+upstream_key = gateway-client.key
 admin_dsn_file = admin.dsn
 
 [role reader]

@@ -86,6 +86,10 @@ class Postgres:
         self.port = free_port()
         self.admin_password = secrets.token_urlsafe(24)
         self.ca = self.state / "ca.pem"
+        # The gateway's client certificate (tests/lib/pgcluster.sh): pg_hba admits the
+        # managed group only with it.
+        self.client_cert = self.state / "gateway-client.pem"
+        self.client_key = self.state / "gateway-client.key"
         self.sockdir = self.state / "pg"
         self.log = self.sockdir / "postgres.log"
 
@@ -195,6 +199,8 @@ class Gateway:
             "database = clinic",
             "upstream_tls = verify-full",
             f"upstream_ca = {self.pg.ca}",
+            f"upstream_cert = {self.pg.client_cert}",
+            f"upstream_key = {self.pg.client_key}",
             "admin_dsn_file = admin.dsn",
             "connect_timeout = 5s",
         ]

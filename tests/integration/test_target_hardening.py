@@ -41,10 +41,16 @@ def test_managed_group_refused_without_tls_and_on_socket(pg, managed_role):
                  "dbname=clinic connect_timeout=10", "-c", "SELECT 1"],
                 check=False, env={"PGPASSWORD": "probe-secret"})
     assert "pg_hba.conf rejects connection" in local.stderr, local.stderr
-    # Over TLS from the gateway's address it is admitted, with phi_read's rights only.
+    # Over TLS from the gateway's address, the password alone is not enough...
     out = pgwire.attempt(pg.port, {"user": managed_role, "database": "clinic"}, "probe-secret",
                          cafile=str(pg.ca), query="SELECT count(*) FROM patients")
-    assert out.error is None and out.rows == [["2000"]], out
+    assert out.error is not None and "certificate" in out.message, out
+    # ...with the gateway's client certificate it is admitted, with phi_read's rights only.
+    dsn = (f"host=127.0.0.1 port={pg.port} user={managed_role} dbname=clinic "
+           f"sslmode=verify-full sslrootcert={pg.ca} sslcert={pg.client_cert} "
+           f"sslkey={pg.client_key} connect_timeout=10")
+    with psycopg.connect(dsn, password="probe-secret", autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM patients").fetchone()[0] == 2000
 
 
 def test_public_cannot_connect_to_phi_database(pg):

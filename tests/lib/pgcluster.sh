@@ -3,20 +3,31 @@
 #
 #   pgcluster.sh ca DIR NAME              DIR/NAME.pem + DIR/NAME.key: an ECDSA P-256 test CA
 #   pgcluster.sh cert DIR NAME CA         DIR/NAME.pem + DIR/NAME.key signed by DIR/CA.*,
-#                                         SAN IP:127.0.0.1, DNS:localhost
+#                                         SAN IP:127.0.0.1, DNS:localhost (a server cert)
 #   pgcluster.sh up STATE PORT ADMIN_PASSWORD
 #                                         initdb (as an unprivileged user), TLS, hardened
 #                                         pg_hba, roles, database clinic with the PHI schema;
 #                                         start on 127.0.0.1:PORT, unix socket in STATE/pg
 #   pgcluster.sh start STATE | stop STATE start or stop an existing cluster
+#   pgcluster.sh running STATE            exit 0 if the cluster is running
 #
-# The hardening follows docs/hardening.md: the managed group (sallyport_managed) is admitted
-# only over TLS from the gateway's address and rejected everywhere else; the minting admin
-# has CREATEROLE and pg_signal_backend and nothing more; PUBLIC loses CONNECT and TEMP on the
-# PHI database. The superuser `postgres` is reachable only through the unix socket, whose
-# directory is private to the cluster's owner (and root).
+# The hardening is docs/hardening.md applied with 127.0.0.1 as the gateway's address:
+# - the managed group (sallyport_managed) is admitted only over TLS from the gateway's
+#   address, with SCRAM *and* the gateway's client certificate (clientcert=verify-ca), and
+#   rejected everywhere else. An ephemeral role can change its own password, so the
+#   password alone must never be enough to log in directly;
+# - the minting admin has CREATEROLE and pg_signal_backend, a CONNECTION LIMIT, and is
+#   admitted only to its default database (clinic) over TLS from the gateway's address;
+# - PUBLIC loses CONNECT and TEMP on every non-template database (clinic and postgres).
+# The superuser `postgres` is reachable only through the unix socket, whose directory is
+# private to the cluster's owner (and root).
 #
-# Layout under STATE: ca.pem/ca.key (the cluster's CA), pg/ (data, socket, log, server cert).
+# Layout under STATE:
+#   ca.pem/ca.key                 the cluster's CA (signs the server certificate)
+#   gateway-client-ca.pem/.key    the CA PostgreSQL trusts for client certificates
+#   gateway-client.pem/.key       the gateway's client certificate (upstream_cert and
+#                                 upstream_key of the [target]); keys are owner-only
+#   pg/                           data, socket, log, server cert, the client CA copy
 set -euo pipefail
 
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
@@ -47,6 +58,25 @@ make_cert() { # DIR NAME CA
         -keyout "$dir/$name.key" -out "$dir/$name.csr" -subj "/CN=localhost" 2>/dev/null ||
         die "openssl could not make a key and request for $dir/$name"
     printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n' \
+        >"$dir/$name.ext"
+    openssl x509 -req -in "$dir/$name.csr" -CA "$dir/$ca.pem" -CAkey "$dir/$ca.key" \
+        -CAcreateserial -out "$dir/$name.pem" -days 30 -sha256 -extfile "$dir/$name.ext" \
+        2>/dev/null || die "openssl could not sign $dir/$name.pem with $dir/$ca.pem"
+    rm -f "$dir/$name.csr" "$dir/$name.ext"
+    chmod 600 "$dir/$name.key"
+}
+
+# The gateway's client certificate comes from its own CA, not from the cluster's CA: with
+# clientcert=verify-ca PostgreSQL accepts ANY certificate its ssl_ca_file signed (it does not
+# look at the name), so that CA must sign nothing but gateway client certificates. The
+# cluster's CA signs server certificates; trusting it for clients would let whoever holds
+# any of those keys (a server's) pass as the gateway.
+make_client_cert() { # DIR NAME CA
+    local dir=$1 name=$2 ca=$3
+    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+        -keyout "$dir/$name.key" -out "$dir/$name.csr" -subj "/CN=sallyport-gateway" 2>/dev/null ||
+        die "openssl could not make a key and request for $dir/$name"
+    printf 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n' \
         >"$dir/$name.ext"
     openssl x509 -req -in "$dir/$name.csr" -CA "$dir/$ca.pem" -CAkey "$dir/$ca.key" \
         -CAcreateserial -out "$dir/$name.pem" -days 30 -sha256 -extfile "$dir/$name.ext" \
@@ -89,6 +119,7 @@ unix_socket_permissions = 0700
 ssl = on
 ssl_cert_file = '$pg/server.pem'
 ssl_key_file = '$pg/server.key'
+ssl_ca_file = '$pg/gateway-client-ca.pem'
 ssl_min_protocol_version = 'TLSv1.2'
 password_encryption = 'scram-sha-256'
 max_connections = 100
@@ -101,17 +132,27 @@ log_connections = on
 log_disconnections = on
 log_line_prefix = '%m [%p] %q%u@%d app=%a '
 EOF
-    # First match wins. The managed group may log in only over TLS from the gateway's
-    # address; every other way in is rejected before the general lines can admit it.
+    # First match wins; 127.0.0.1 is the gateway's address (it shares loopback with the
+    # tests). The first six lines are docs/hardening.md step 2, in its order.
     cat >"$pg/data/pg_hba.conf" <<'EOF'
 # TYPE    DATABASE  USER                ADDRESS        METHOD
-hostssl   all       +sallyport_managed  127.0.0.1/32   scram-sha-256
-hostnossl all       +sallyport_managed  all            reject
-host      all       +sallyport_managed  all            reject
+# The minting admin: its default database only, over TLS, from the gateway's address.
+hostssl   clinic    sallyport_admin     127.0.0.1/32   scram-sha-256
+local     all       sallyport_admin                    reject
+host      all       sallyport_admin     all            reject
+# Ephemeral roles: TLS from the gateway's address, SCRAM and the gateway's client
+# certificate. A role may change its own password; without the gateway's key that
+# password does not get in.
+hostssl   all       +sallyport_managed  127.0.0.1/32   scram-sha-256  clientcert=verify-ca
 local     all       +sallyport_managed                 reject
+host      all       +sallyport_managed  all            reject
+# Test-only: the superuser over the unix socket, whose directory is mode 0700 (the harness
+# and this script set up and inspect the cluster this way). Other socket users: refused.
 local     all       postgres                           trust
 local     all       all                                reject
-hostssl   all       sallyport_admin     127.0.0.1/32   scram-sha-256
+# Test-only: any other role (bench_direct, the direct leg of bench/pg_select.sh; the
+# outsider of test_target_hardening.py) over TLS with SCRAM; which database it may open
+# is then decided by CONNECT privileges, which PUBLIC does not have.
 hostssl   all       all                 127.0.0.1/32   scram-sha-256
 host      all       all                 all            reject
 EOF
@@ -121,15 +162,19 @@ setup_sql() { # PGDIR PORT ADMIN_PASSWORD
     local pg=$1 port=$2 pw=$3
     local psql=("$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$pg" -p "$port" -U postgres)
     as_pg "${psql[@]}" -d postgres -v admin_password="$pw" <<'EOF'
-CREATE ROLE sallyport_admin LOGIN CREATEROLE PASSWORD :'admin_password';
+-- docs/hardening.md step 1.
+CREATE ROLE sallyport_admin LOGIN CREATEROLE
+    NOSUPERUSER NOCREATEDB NOREPLICATION NOBYPASSRLS
+    CONNECTION LIMIT 10 PASSWORD :'admin_password';
 GRANT pg_signal_backend TO sallyport_admin;
 CREATE ROLE sallyport_managed NOLOGIN;
 CREATE ROLE phi_read NOLOGIN;
 CREATE ROLE phi_write NOLOGIN;
 CREATE DATABASE clinic;
-REVOKE CONNECT, TEMP ON DATABASE clinic FROM PUBLIC;
-REVOKE CONNECT, TEMP ON DATABASE postgres FROM PUBLIC;
-GRANT CONNECT ON DATABASE clinic TO phi_read, phi_write, sallyport_admin;
+-- Every non-template database; template1 keeps PUBLIC CONNECT (see docs/hardening.md).
+REVOKE CONNECT, TEMPORARY ON DATABASE clinic FROM PUBLIC;
+REVOKE CONNECT, TEMPORARY ON DATABASE postgres FROM PUBLIC;
+GRANT CONNECT ON DATABASE clinic TO sallyport_admin, phi_read, phi_write;
 EOF
     as_pg "${psql[@]}" -d clinic -f "$REPO/deploy/phi_schema.sql" >/dev/null
 }
@@ -138,6 +183,12 @@ cmd_start() { # STATE
     local pg=$1/pg
     as_pg "$PGBIN/pg_ctl" -D "$pg/data" -l "$pg/postgres.log" -w -t 60 start >/dev/null ||
         die "PostgreSQL did not start; see $pg/postgres.log"
+}
+
+cmd_running() { # STATE
+    local pg=$1/pg
+    [[ -f $pg/data/postmaster.pid ]] || return 1
+    as_pg "$PGBIN/pg_ctl" -D "$pg/data" status >/dev/null 2>&1
 }
 
 cmd_stop() { # STATE
@@ -157,6 +208,10 @@ cmd_up() { # STATE PORT ADMIN_PASSWORD
     [[ $EUID -eq 0 ]] && chmod a+x "$state"
     make_ca "$state" ca
     make_cert_in "$state" "$pg"
+    make_ca "$state" gateway-client-ca
+    make_client_cert "$state" gateway-client gateway-client-ca
+    # PostgreSQL reads its own copy: files under STATE may be owner-only.
+    cp "$state/gateway-client-ca.pem" "$pg/gateway-client-ca.pem"
     pg_chown "$pg"
     chmod 700 "$pg"
     as_pg test -w "$pg" || die "$pg is not reachable by the PostgreSQL user $PG_OS_USER (a parent directory is private); use a state directory under /tmp or /var/tmp"
@@ -189,5 +244,6 @@ cert) make_cert "$2" "$3" "$4" ;;
 up) cmd_up "$(real_state "$2")" "$3" "$4" ;;
 start) cmd_start "$(real_state "$2")" ;;
 stop) [[ -e $2 ]] && cmd_stop "$(realpath "$2")" ;;
-*) die "usage: pgcluster.sh ca DIR NAME | cert DIR NAME CA | up STATE PORT ADMIN_PASSWORD | start STATE | stop STATE" ;;
+running) [[ -e $2 ]] && cmd_running "$(realpath "$2")" ;;
+*) die "usage: pgcluster.sh ca DIR NAME | cert DIR NAME CA | up STATE PORT ADMIN_PASSWORD | start STATE | stop STATE | running STATE" ;;
 esac
