@@ -28,7 +28,7 @@ def test_psycopg_cancel_ends_query_with_57014(gateway, new_name):
         ended = time.monotonic()
         canceller.join(timeout=5)
         assert exc.value.sqlstate == "57014"
-        assert ended - sent["at"] < 2.0
+        assert ended - sent["at"] < 1.0, ended - sent["at"]  # the issue: within a second
         # The session survives a cancelled statement.
         assert conn.execute("SELECT 1").fetchone()[0] == 1
 
