@@ -139,6 +139,24 @@ static int on_main(parse_ctx *p, int line, const char *k, const char *v)
     if (!strcmp(k, "pg_listen")) {
         if (parse_hostport(v, &c->pg_listen_host, &c->pg_listen_port) < 0)
             return fail(p, line, "pg_listen: expected host:port, got \"%s\"%s", v, "");
+    } else if (!strcmp(k, "ssh_listen")) {
+        if (parse_hostport(v, &c->ssh_listen_host, &c->ssh_listen_port) < 0)
+            return fail(p, line, "ssh_listen: expected host:port, got \"%s\"%s", v, "");
+    } else if (!strcmp(k, "ssh_host_key")) {
+        free(c->ssh_host_key);
+        c->ssh_host_key = path_value(p, v);
+    } else if (!strcmp(k, "ssh_user_ca_key")) {
+        free(c->ssh_user_ca_key);
+        c->ssh_user_ca_key = path_value(p, v);
+    } else if (!strcmp(k, "ssh_target_ca_key")) {
+        free(c->ssh_target_ca_key);
+        c->ssh_target_ca_key = path_value(p, v);
+    } else if (!strcmp(k, "ssh_banner")) {
+        set_str(&c->ssh_banner, v);
+    } else if (!strcmp(k, "ssh_keepalive")) {
+        if (sp_parse_duration(v, &c->ssh_keepalive) < 0)
+            return fail(p, line, "ssh_keepalive: expected a duration like 30s, got \"%s\"%s", v,
+                        "");
     } else if (!strcmp(k, "tls_cert")) {
         free(c->tls_cert);
         c->tls_cert = path_value(p, v);
@@ -254,6 +272,8 @@ static int on_target(parse_ctx *p, int line, sp_target *t, const char *k, const 
         t->admin_dsn_file = path_value(p, v);
     } else if (!strcmp(k, "reassign_owner")) {
         set_str(&t->reassign_owner, v);
+    } else if (!strcmp(k, "host_key")) {
+        set_str(&t->host_key, v);
     } else if (!strcmp(k, "connect_timeout")) {
         if (sp_parse_duration(v, &t->connect_timeout) < 0 || t->connect_timeout <= 0)
             return fail(p, line, "connect_timeout: expected a duration, got \"%s\"%s", v, "");
@@ -282,6 +302,22 @@ static int on_role(parse_ctx *p, int line, sp_role *r, const char *k, const char
     } else if (!strcmp(k, "record_params")) {
         if (parse_bool(v, &r->record_params) < 0)
             return fail(p, line, "record_params: expected yes|no, got \"%s\"%s", v, "");
+    } else if (!strcmp(k, "logins")) {
+        set_list(&r->logins, v);
+    } else if (!strcmp(k, "env")) {
+        set_list(&r->env, v);
+    } else if (!strcmp(k, "record_input")) {
+        if (parse_bool(v, &r->record_input) < 0)
+            return fail(p, line, "record_input: expected yes|no, got \"%s\"%s", v, "");
+    } else if (!strcmp(k, "forwarding")) {
+        if (!strcmp(v, "none"))
+            r->forwarding = SP_FWD_NONE;
+        else if (!strcmp(v, "local"))
+            r->forwarding = SP_FWD_LOCAL;
+        else if (!strcmp(v, "agent"))
+            r->forwarding = SP_FWD_AGENT;
+        else
+            return fail(p, line, "forwarding: expected none|local|agent, got \"%s\"%s", v, "");
     } else if (!strcmp(k, "recording")) {
         if (!strcmp(v, "strict"))
             r->recording = SP_REC_STRICT;
@@ -331,6 +367,8 @@ static void set_defaults(sp_config *c)
     c->session_notice = strdup("this session is recorded by sallyport; access is monitored");
     c->managed_group = strdup("sallyport_managed");
     c->log_level = strdup("info");
+    c->ssh_banner = strdup("Access to this system is monitored and recorded by sallyport.\n");
+    c->ssh_keepalive = 30 * 1000000LL;
     atomic_init(&c->refs, 1);
 }
 
@@ -343,6 +381,10 @@ static int validate(sp_config *c, char *err, size_t errlen)
     }
     if (!c->recordings_dir || !c->audit_dir) {
         snprintf(err, errlen, "%s: [sallyport] recordings_dir and audit_dir are required", c->path);
+        return -1;
+    }
+    if (c->ssh_listen_port && (!c->ssh_host_key || !c->ssh_target_ca_key)) {
+        snprintf(err, errlen, "%s: ssh_listen needs ssh_host_key and ssh_target_ca_key", c->path);
         return -1;
     }
     if (c->pg_listen_port && (!c->tls_cert || !c->tls_key)) {
@@ -365,6 +407,13 @@ static int validate(sp_config *c, char *err, size_t errlen)
             snprintf(err, errlen,
                      "%s: [target %s] upstream_cert needs upstream_tls other than "
                      "disable",
+                     c->path, t->name);
+            return -1;
+        }
+        if (t->kind == SP_TARGET_SSH && !t->host_key) {
+            snprintf(err, errlen,
+                     "%s: [target %s] needs host_key = the target's host public key "
+                     "(ssh-keyscan it, check it, paste the line)",
                      c->path, t->name);
             return -1;
         }
@@ -392,6 +441,10 @@ static int validate(sp_config *c, char *err, size_t errlen)
             r->databases = sp_split_list("", NULL);
         if (!r->db_roles)
             r->db_roles = sp_split_list("", NULL);
+        if (!r->logins)
+            r->logins = sp_split_list("", NULL);
+        if (!r->env)
+            r->env = sp_split_list("", NULL);
     }
     return 0;
 }
@@ -464,6 +517,7 @@ void sp_config_unref(sp_config *c)
         free(t->upstream_key);
         free(t->admin_dsn_file);
         free(t->reassign_owner);
+        free(t->host_key);
     }
     for (size_t i = 0; i < c->n_roles; i++) {
         sp_role *r = &c->roles[i];
@@ -471,11 +525,18 @@ void sp_config_unref(sp_config *c)
         free(r->targets);
         free(r->databases);
         free(r->db_roles);
+        free(r->logins);
+        free(r->env);
     }
     free(c->targets);
     free(c->roles);
     free(c->path);
     free(c->pg_listen_host);
+    free(c->ssh_listen_host);
+    free(c->ssh_host_key);
+    free(c->ssh_user_ca_key);
+    free(c->ssh_target_ca_key);
+    free(c->ssh_banner);
     free(c->tls_cert);
     free(c->tls_key);
     free(c->store);

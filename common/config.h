@@ -15,6 +15,7 @@
 enum sp_target_kind { SP_TARGET_POSTGRES, SP_TARGET_SSH, SP_TARGET_TLS };
 enum sp_upstream_tls { SP_UTLS_VERIFY_FULL, SP_UTLS_VERIFY_CA, SP_UTLS_REQUIRE, SP_UTLS_DISABLE };
 enum sp_recording_policy { SP_REC_STRICT, SP_REC_BEST_EFFORT };
+enum sp_forwarding { SP_FWD_NONE, SP_FWD_LOCAL, SP_FWD_AGENT };
 
 typedef struct sp_target {
     char *name;
@@ -29,6 +30,7 @@ typedef struct sp_target {
     char *admin_dsn_file;    /* file holding the libpq DSN of the minting admin (owner-only) */
     char *reassign_owner;    /* objects owned by a dropped ephemeral role go to this role */
     int64_t connect_timeout; /* us */
+    char *host_key;          /* ssh: the target's host public key, OpenSSH one-line form */
 } sp_target;
 
 typedef struct sp_role {
@@ -40,6 +42,10 @@ typedef struct sp_role {
     int64_t idle_timeout; /* us; 0 = none */
     bool record_params;
     enum sp_recording_policy recording;
+    char **logins;                 /* ssh: NULL-terminated list of logins on the targets */
+    enum sp_forwarding forwarding; /* ssh: none (default), local, agent */
+    bool record_input;             /* ssh: keep what the user types (default no: sudo passwords) */
+    char **env;                    /* ssh: environment variables a client may pass */
 } sp_role;
 
 typedef struct sp_config {
@@ -48,6 +54,13 @@ typedef struct sp_config {
     /* [sallyport] */
     char *pg_listen_host;
     int pg_listen_port; /* 0 = no PostgreSQL listener */
+    char *ssh_listen_host;
+    int ssh_listen_port;     /* 0 = no SSH listener */
+    char *ssh_host_key;      /* the gateway's SSH host key (OpenSSH private key file) */
+    char *ssh_user_ca_key;   /* signs the user certificates `cred issue --ssh-key` writes */
+    char *ssh_target_ca_key; /* signs the per-session certificates for targets */
+    char *ssh_banner;        /* shown before login */
+    int64_t ssh_keepalive;   /* us between keepalives; 0 = none */
     char *tls_cert;
     char *tls_key;
     int workers;      /* 0 = one per core */

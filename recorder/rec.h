@@ -42,6 +42,22 @@ enum sp_rec_type {
     SP_EV_SESSION_END = 11,  /* reason */
     SP_EV_ROWS = 12,         /* DataRow count since the last event (text) */
     SP_EV_NOTE = 13,         /* free text from the gateway (e.g. "recording gap") */
+    /* SSH sessions. The first field of each is the channel number (text). */
+    SP_EV_CHANNEL_OPEN = 20,  /* channel, type ("session", "direct-tcpip", ...) */
+    SP_EV_PTY = 21,           /* channel, TERM, cols, rows */
+    SP_EV_SHELL = 22,         /* channel */
+    SP_EV_EXEC = 23,          /* channel, command line */
+    SP_EV_SUBSYSTEM = 24,     /* channel, name ("sftp") */
+    SP_EV_ENV = 25,           /* channel, name, value */
+    SP_EV_TERM_OUT = 26,      /* channel, bytes the target sent (stdout) */
+    SP_EV_TERM_ERR = 27,      /* channel, bytes the target sent on stderr */
+    SP_EV_TERM_IN = 28,       /* channel, bytes the user typed (only with record_input) */
+    SP_EV_RESIZE = 29,        /* channel, cols, rows */
+    SP_EV_SIGNAL = 30,        /* channel, signal name */
+    SP_EV_EXIT = 31,          /* channel, "status" | "signal", value */
+    SP_EV_CHANNEL_CLOSE = 32, /* channel, bytes in, bytes out */
+    SP_EV_SFTP = 33,          /* channel, op, path, second path or "", bytes (text) */
+    SP_EV_FORWARD = 34,       /* channel, "local" | "agent", destination host:port */
 };
 
 /* Event flags. */
