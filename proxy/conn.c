@@ -204,6 +204,8 @@ int sp_conn_accept(sp_conn *c, sp_worker *w, uv_stream_t *server, const sp_conn_
         return -1;
     if (uv_accept(server, (uv_stream_t *)&c->tcp) < 0)
         return -1;
+    /* Set on the accepted socket itself: small protocol messages must not wait for Nagle. */
+    uv_tcp_nodelay(&c->tcp, 1);
     set_peer(c);
     return 0;
 }

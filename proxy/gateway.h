@@ -58,6 +58,7 @@ typedef struct sp_gateway {
     sp_worker *workers;
     int n_workers;
     atomic_bool draining;
+    atomic_int n_clients; /* client connections open now, any state (max_client_conn) */
 } sp_gateway;
 
 sp_config *sp_gateway_config(sp_gateway *g); /* a reference */

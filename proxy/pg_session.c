@@ -173,6 +173,7 @@ static void maybe_free(pg_session *s)
 {
     if (s->handles > 0 || s->jobs > 0)
         return;
+    atomic_fetch_sub(&s->gw->n_clients, 1);
     sp_buf_free(&s->in);
     sp_buf_free(&s->up_in);
     sp_buf_free(&s->params);
@@ -434,6 +435,7 @@ void pg_session_accept(sp_worker *w, uv_stream_t *listener)
     }
     s->w = w;
     s->gw = w->gw;
+    atomic_fetch_add(&s->gw->n_clients, 1);
     s->cfg = sp_worker_config(w);
     s->state = PS_STARTUP;
     sp_uuid7(s->id);
@@ -560,6 +562,12 @@ static void start_lookup(pg_session *s);
 /* user = identity; database = TARGET or TARGET/DATABASE. */
 static void handle_startup_message(pg_session *s, const sp_pg_startup *st)
 {
+    /* Checked before any credential work, so a flood costs no SCRAM, store or lease. */
+    if (atomic_load(&s->gw->n_clients) > s->cfg->max_client_conn) {
+        refuse(s, "53300", "sorry, too many clients already (sallyport max_client_conn)",
+               "too-many-clients");
+        return;
+    }
     const char *user = sp_pg_startup_param(st, "user");
     const char *db = sp_pg_startup_param(st, "database");
     if (!user || !*user) {

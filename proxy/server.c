@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "auth/lease.h"
@@ -561,6 +562,25 @@ static void on_signal(uv_signal_t *h, int signum)
 
 /* ---- start ---- */
 
+/* Each session holds two sockets, and libuv, the store and the recordings a few more: a soft
+ * limit of 1024 descriptors would cap the gateway at a few hundred sessions. */
+static void raise_fd_limit(const sp_config *cfg)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+        return;
+    if (rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+        getrlimit(RLIMIT_NOFILE, &rl);
+    }
+    rlim_t need = (rlim_t)cfg->max_client_conn * 2 + 256;
+    if (rl.rlim_cur < need)
+        sp_warn("open-file limit %llu is below the %llu that max_client_conn = %d needs; raise "
+                "it (LimitNOFILE= in the systemd unit, ulimit -n)",
+                (unsigned long long)rl.rlim_cur, (unsigned long long)need, cfg->max_client_conn);
+}
+
 static int start(server *srv, const char *config_path)
 {
     sp_gateway *g = &srv->gw;
@@ -573,6 +593,7 @@ static int start(server *srv, const char *config_path)
     enum sp_log_level lvl;
     if (sp_log_parse_level(cfg->log_level, &lvl) == 0)
         sp_log_set_level(lvl);
+    raise_fd_limit(cfg);
     pthread_mutex_init(&g->mu, NULL);
     g->cfg = cfg;
     g->pid = (int)getpid();

@@ -160,6 +160,7 @@ class Gateway:
         self.proc = None
         self.log_checked = 0
         self.roles = {k: dict(v) for k, v in BASE_ROLES.items()}
+        self.main_extra = {}  # extra [sallyport] keys a test sets (and restores)
 
     # -- files -------------------------------------------------------------------------
     def prepare(self):
@@ -192,6 +193,7 @@ class Gateway:
             "lease_idle = 3s",
             f"session_notice = {SESSION_NOTICE}",
             "log_level = info",
+            *[f"{k} = {v}" for k, v in self.main_extra.items()],
             "",
             "[target clinic]",
             "kind = postgres",

@@ -198,3 +198,25 @@ def test_query_pipelined_behind_the_scram_proof_is_answered(gateway, new_name):
         if kind == b"Z" and b"D" in seen:
             break
     sock.close()
+
+
+def test_connections_over_max_client_conn_get_53300(gateway, new_name):
+    name = new_name()
+    token = gateway.identity_with_token(name)
+    gateway.main_extra["max_client_conn"] = "3"
+    gateway.write_config()
+    gateway.reload()
+    held = []
+    try:
+        time.sleep(0.5)
+        held = [tls_socket(gateway.port) for _ in range(3)]  # idle in startup: they count
+        out = attempt(gateway.port, {"user": name, "database": "clinic"}, token)
+        assert out.code == "53300", out
+    finally:
+        for sock in held:
+            sock.close()
+        del gateway.main_extra["max_client_conn"]
+        gateway.write_config()
+        gateway.reload()
+        time.sleep(0.5)
+    login_works(gateway, name, token)
