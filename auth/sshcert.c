@@ -349,12 +349,13 @@ int sp_ssh_ca_generate(const char *pem_path, char *err, size_t errlen)
     EVP_PKEY *key = EVP_PKEY_Q_keygen(NULL, NULL, "ED25519");
     BIO *bio = BIO_new(BIO_s_mem());
     char *pem = NULL;
+    long len = 0;
     int fd = -1, ret = -1;
     if (!key || !bio || PEM_write_bio_PrivateKey(bio, key, NULL, NULL, 0, NULL, NULL) != 1) {
         fail(err, errlen, "cannot generate an Ed25519 key for %s (OpenSSL failed)", pem_path);
         goto out;
     }
-    long len = BIO_get_mem_data(bio, &pem);
+    len = BIO_get_mem_data(bio, &pem);
     fd = open(pem_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (fd < 0) {
         fail(err, errlen, "cannot create %s: %s%s", pem_path, strerror(errno),
@@ -370,8 +371,8 @@ int sp_ssh_ca_generate(const char *pem_path, char *err, size_t errlen)
 out:
     if (fd >= 0)
         close(fd);
-    if (pem)
-        OPENSSL_cleanse(pem, strlen(pem));
+    if (pem && len > 0)
+        OPENSSL_cleanse(pem, (size_t)len);
     BIO_free(bio);
     EVP_PKEY_free(key);
     return ret;

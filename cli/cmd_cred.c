@@ -76,6 +76,10 @@ static int read_ssh_public_key(cli_ctx *ctx, const char *path, sp_buf *blob)
     if (!text)
         return cli_fail(ctx, "%s", err);
     int rc = CLI_FAIL;
+    if (strstr(text, "PRIVATE KEY")) {
+        cli_fail(ctx, "%s is a private key; give its public half (%s.pub)", path, path);
+        goto out;
+    }
     char *save = NULL, *line = strtok_r(text, "\n", &save);
     while (line && (line[strspn(line, " \t\r")] == '\0' || line[strspn(line, " \t")] == '#'))
         line = strtok_r(NULL, "\n", &save);
@@ -104,7 +108,7 @@ static int read_ssh_public_key(cli_ctx *ctx, const char *path, sp_buf *blob)
     blob->len = (size_t)n;
     rc = CLI_OK;
 out:
-    free(text);
+    OPENSSL_clear_free(text, len); /* in case it was a private key after all */
     return rc;
 }
 
