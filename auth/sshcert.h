@@ -59,7 +59,10 @@ typedef struct sp_ssh_cert {
     uint64_t valid_after, valid_before;
     char critical[SP_SSH_CERT_MAX_OPTIONS][64]; /* critical option names */
     size_t n_critical;
-    const uint8_t *pubkey; /* the subject key (wire format, into the blob) */
+    /* the subject key's public fields (into the blob): what its plain wire blob holds after
+     * the type name, e.g. string pk (Ed25519), string curve + string Q (ECDSA), mpint e +
+     * mpint n (RSA); the plain type is key_type without "-cert-v01@openssh.com" */
+    const uint8_t *pubkey;
     size_t pubkey_len;
     const uint8_t *signature_key; /* the CA key that signed (wire format, into the blob) */
     size_t signature_key_len;
