@@ -140,6 +140,32 @@ static void test_asciicast(void **state)
     free(text);
 }
 
+/* asciinema itself reads the export (when installed: tests/run.sh does not require it).
+ * `asciinema cat` wants a terminal, so it runs under script(1). */
+static void test_asciinema_reads_export(void **state)
+{
+    fixture *f = *state;
+    if (system("command -v asciinema >/dev/null 2>&1 && command -v script >/dev/null 2>&1"))
+        skip();
+    write_ssh_session(f, "ssh");
+    char cast_path[600], cmd[1400];
+    snprintf(cast_path, sizeof(cast_path), "%s/session.cast", f->dir);
+    FILE *out = fopen(cast_path, "w");
+    assert_non_null(out);
+    assert_int_equal(sp_export(f->path, SP_EXPORT_ASCIICAST, out), 0);
+    fclose(out);
+    snprintf(cmd, sizeof(cmd), "script -qec 'asciinema cat %s' /dev/null </dev/null", cast_path);
+    FILE *p = popen(cmd, "r");
+    assert_non_null(p);
+    char shown[4096];
+    size_t n = fread(shown, 1, sizeof(shown) - 1, p);
+    shown[n] = '\0';
+    assert_int_equal(pclose(p), 0);
+    assert_non_null(strstr(shown, "caf\xc3\xa9 \xef\xbf\xbd\\"));
+    assert_non_null(strstr(shown, "\x1b[31merr\x1b[0m"));
+    assert_null(strstr(shown, "sftp-protocol"));
+}
+
 static void test_asciicast_refuses_postgres(void **state)
 {
     fixture *f = *state;
@@ -378,6 +404,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_asciicast, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_asciinema_reads_export, setup, teardown),
         cmocka_unit_test_setup_teardown(test_asciicast_refuses_postgres, setup, teardown),
         cmocka_unit_test_setup_teardown(test_asciicast_cut_at_close, setup, teardown),
         cmocka_unit_test_setup_teardown(test_json_export, setup, teardown),
