@@ -26,6 +26,7 @@
 
 typedef struct cli_opt {
     const char *name; /* long name without dashes: "ttl" for --ttl */
+    char short_name;  /* 'o' for -o, or 0 */
     bool has_value;
     const char *value; /* set by cli_parse; "" for a flag that was given */
 } cli_opt;
@@ -113,5 +114,6 @@ int cmd_kill(cli_ctx *ctx, cli_args *a);
 int cmd_replay(cli_ctx *ctx, cli_args *a);
 int cmd_ca_init(cli_ctx *ctx, cli_args *a);
 int cmd_ca_show(cli_ctx *ctx, cli_args *a);
+int cmd_export(cli_ctx *ctx, cli_args *a);
 
 #endif

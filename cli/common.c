@@ -44,6 +44,26 @@ static cli_opt *find_opt(cli_args *a, const char *name, size_t len)
     return NULL;
 }
 
+/* -X VALUE, for the options the table gives a short name. */
+static int parse_short_option(cli_ctx *ctx, int argc, char **argv, int *i, cli_args *out)
+{
+    const char *arg = argv[*i];
+    for (size_t k = 0; arg[2] == '\0' && k < out->nopts; k++) {
+        cli_opt *o = &out->opts[k];
+        if (o->short_name == 0 || o->short_name != arg[1])
+            continue;
+        if (!o->has_value) {
+            o->value = "";
+            return CLI_OK;
+        }
+        if (*i + 1 >= argc)
+            return cli_usage(ctx, "%s needs a value", arg);
+        o->value = argv[++*i];
+        return CLI_OK;
+    }
+    return cli_usage(ctx, "unknown option %s", arg);
+}
+
 /* -c/--config and --help are accepted by every command; the rest come from the table. */
 static int parse_option(cli_ctx *ctx, int argc, char **argv, int *i, cli_args *out)
 {
@@ -63,7 +83,7 @@ static int parse_option(cli_ctx *ctx, int argc, char **argv, int *i, cli_args *o
         return CLI_OK;
     }
     if (strncmp(arg, "--", 2) != 0)
-        return cli_usage(ctx, "unknown option %s", arg);
+        return parse_short_option(ctx, argc, argv, i, out);
     const char *name = arg + 2;
     const char *eq = strchr(name, '=');
     cli_opt *o = find_opt(out, name, eq ? (size_t)(eq - name) : strlen(name));

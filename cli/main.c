@@ -27,6 +27,13 @@ static cli_opt opts_ca_show[] = {{.name = "target-ca"}, {.name = "user-ca"}};
 static cli_opt opts_sessions[] = {
     {.name = "live"}, {.name = "json"}, {.name = "limit", .has_value = true}};
 
+static cli_opt opts_replay[] = {{.name = "json"},
+                                {.name = "speed", .has_value = true},
+                                {.name = "idle-limit", .has_value = true},
+                                {.name = "no-wait"}};
+static cli_opt opts_export[] = {{.name = "format", .has_value = true},
+                                {.name = "output", .short_name = 'o', .has_value = true}};
+
 static int cmd_version(cli_ctx *ctx, cli_args *a);
 static int cmd_serve(cli_ctx *ctx, cli_args *a);
 
@@ -247,19 +254,59 @@ const cli_command cli_commands[] = {
      OPTS(opts_reason)},
 
     {.name = "replay",
-     .synopsis = "SESSION [--json]",
-     .summary = "show a session's query timeline",
-     .help = "Print the recorded query timeline of SESSION (an id, or a unique start or end\n"
-             "of one): each statement with its time offset, duration and outcome, then how the\n"
-             "session ended and whether the recording is sealed. Recordings hold PHI:\n"
-             "each viewing is recorded in the audit trail.\n"
+     .synopsis = "SESSION [--json] [--speed N] [--idle-limit SECONDS] [--no-wait]",
+     .summary = "show a session: query timeline or terminal",
+     .help = "Show the recording of SESSION (an id, or a unique start or end of one), then\n"
+             "how the session ended and whether the recording is sealed. Recordings hold\n"
+             "PHI: each viewing is recorded in the audit trail.\n"
+             "\n"
+             "A PostgreSQL session prints its query timeline: each statement with its time\n"
+             "offset, duration and outcome.\n"
+             "\n"
+             "An SSH session plays its terminal output to standard output with the recorded\n"
+             "timing, as the user's terminal showed it. With --no-wait it prints at once\n"
+             "and shows the other events (channels, pty, exec command lines, typed input\n"
+             "when recorded, resizes, exit status, SFTP operations, forwards) as lines like\n"
+             "\"[00:00:03.120 ch0 exec] ls -la\" on standard error, control characters\n"
+             "escaped.\n"
              "\n"
              "Options:\n"
-             "  --json  JSON lines instead of text",
+             "  --json                 JSON lines instead of text (an SSH session: the\n"
+             "                         raw event list, as `export --format json`)\n"
+             "  --speed N              SSH: play N times as fast (default 1)\n"
+             "  --idle-limit SECONDS   SSH: no pause longer than SECONDS\n"
+             "  --no-wait              SSH: print at once, with the other events",
      .audited = true,
      .needs_store = true,
      .run = cmd_replay,
-     OPTS(opts_json)},
+     OPTS(opts_replay)},
+
+    {.name = "export",
+     .synopsis = "SESSION --format asciicast|json [-o FILE]",
+     .summary = "write a session's recording as asciicast or JSON",
+     .help = "Write the recording of SESSION in a format other tools read, to FILE\n"
+             "(created 0600; it holds what the recording holds) or standard output.\n"
+             "Each export is recorded in the audit trail.\n"
+             "\n"
+             "  asciicast  asciicast v2, the terminal of an SSH session, for `asciinema\n"
+             "             play` and asciinema-player: output (\"o\"), typed input (\"i\",\n"
+             "             when recorded) and resizes (\"r\"). Bytes that are not UTF-8\n"
+             "             show as U+FFFD, as a terminal shows them.\n"
+             "  json       every event of any recording, one JSON object per line, with\n"
+             "             every field; bytes that are not UTF-8 are written \\xNN and\n"
+             "             the field's index is listed in \"escaped\".\n"
+             "\n"
+             "Options:\n"
+             "  --format asciicast|json  the format (required)\n"
+             "  -o, --output FILE        write to FILE instead of standard output\n"
+             "\n"
+             "Example:\n"
+             "  sallyport export 0190a1b2 --format asciicast -o session.cast\n"
+             "  asciinema play session.cast",
+     .audited = true,
+     .needs_store = true,
+     .run = cmd_export,
+     OPTS(opts_export)},
 
     {.name = "ca init",
      .synopsis = "",
