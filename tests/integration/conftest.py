@@ -99,6 +99,9 @@ class Postgres:
     def stop(self):
         run([PGCLUSTER, "stop", self.state], timeout=90, check=False)
 
+    def start(self):
+        run([PGCLUSTER, "start", self.state], timeout=90)
+
     def superuser_conninfo(self, dbname="clinic"):
         return f"host={self.sockdir} port={self.port} user=postgres dbname={dbname}"
 
