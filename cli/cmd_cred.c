@@ -38,10 +38,11 @@ static int cred_ttl(cli_ctx *ctx, cli_args *a, const char *identity, int64_t now
     return CLI_OK;
 }
 
-static void emit_cred_event(const char *activity, const char *identity, const char *kind,
-                            const char *cred_id, int64_t expires_at, const char *reason)
+static void emit_cred_event(enum sp_audit_activity activity, const char *code, const char *identity,
+                            const char *kind, const char *cred_id, int64_t expires_at,
+                            const char *reason)
 {
-    json_t *ev = cli_audit_event(SP_AUDIT_ACCOUNT_CHANGE, activity, true);
+    json_t *ev = cli_audit_event(activity, code, true);
     json_object_set_new(ev, "user", sp_audit_user(identity, kind));
     json_t *extra = json_pack("{s:s, s:s}", "credential_id", cred_id, "credential_kind", "token");
     if (expires_at)
@@ -70,7 +71,8 @@ int cmd_cred_issue(cli_ctx *ctx, cli_args *a)
         return rc;
     if (sp_token_issue(ctx->store, id.name, ttl, now, token, cred_id, err, sizeof(err)) != 0)
         return cli_fail(ctx, "%s", err);
-    emit_cred_event("Issue Credential", id.name, id.kind, cred_id, now + ttl, NULL);
+    emit_cred_event(SP_AUDIT_ACCOUNT_ISSUE_CREDENTIAL, "cred-issue", id.name, id.kind, cred_id,
+                    now + ttl, NULL);
     /* Line 1 of stdout is the token alone, so `TOKEN=$(sallyport cred issue ...)` works. */
     printf("%s\n", token);
     fflush(stdout);
@@ -112,7 +114,8 @@ int cmd_cred_revoke(cli_ctx *ctx, cli_args *a)
     const char *kind = sp_store_identity_get(ctx->store, c.identity, &id, err, sizeof(err)) == 0
                            ? id.kind
                            : "human";
-    emit_cred_event("Revoke Credential", c.identity, kind, c.id, 0, reason);
+    emit_cred_event(SP_AUDIT_ACCOUNT_REVOKE_CREDENTIAL, "cred-revoke", c.identity, kind, c.id, 0,
+                    reason);
     printf("credential %s of %s revoked; sessions it started end within a few seconds\n", c.id,
            c.identity);
     return CLI_OK;

@@ -71,10 +71,10 @@ int cmd_sessions(cli_ctx *ctx, cli_args *a)
     return l.array ? cli_print_json(ctx, l.array) : CLI_OK;
 }
 
-static void emit_session_event(enum sp_audit_class cls, const char *activity, bool success,
+static void emit_session_event(enum sp_audit_activity activity, const char *code, bool success,
                                const sp_session_row *r, const char *reason)
 {
-    json_t *ev = cli_audit_event(cls, activity, success);
+    json_t *ev = cli_audit_event(activity, code, success);
     json_object_set_new(ev, "user", sp_audit_user(r->identity, NULL));
     json_object_set_new(ev, "session", json_pack("{s:s}", "uid", r->id));
     json_t *extra = json_pack("{s:s, s:s}", "target", r->target, "database", r->database);
@@ -100,7 +100,7 @@ int cmd_kill(cli_ctx *ctx, cli_args *a)
         return cli_fail(ctx, "session %s is not live: it ended (%s)", r.id, r.end_reason);
     if (sp_store_session_request_kill(ctx->store, r.id, reason, CLI_ACTOR, err, sizeof(err)) != 0)
         return cli_fail(ctx, "%s", err);
-    emit_session_event(SP_AUDIT_AUTHORIZE_SESSION, "Kill Session", true, &r, reason);
+    emit_session_event(SP_AUDIT_AUTH_LOGOFF, "kill-session", true, &r, reason);
     printf("session %s of %s asked to end; its gateway (pid %d) ends it within a second\n", r.id,
            r.identity, r.gateway_pid);
     return CLI_OK;
@@ -118,7 +118,7 @@ int cmd_replay(cli_ctx *ctx, cli_args *a)
     if (!r.recording_path[0])
         return cli_fail(ctx, "session %s has no recording", r.id);
     /* Recordings hold PHI: the viewing is audited before anything is shown. */
-    emit_session_event(SP_AUDIT_DATASTORE_ACTIVITY, "View Recording", true, &r, NULL);
+    emit_session_event(SP_AUDIT_DATASTORE_READ, "view-recording", true, &r, NULL);
     fflush(stdout);
     if (sp_replay_timeline(r.recording_path, stdout, cli_flag(a, "json")) != 0)
         return cli_fail(ctx, "cannot replay session %s from %s (see above)", r.id,

@@ -107,7 +107,7 @@ static size_t verify_chain(const char *path, const char *first_prev, char last_h
 
 static void emit_logon(const char *actor, bool ok)
 {
-    json_t *e = sp_audit_new(SP_AUDIT_AUTHENTICATION, "Logon", ok, actor);
+    json_t *e = sp_audit_new(SP_AUDIT_AUTH_LOGON, "logon", ok, actor);
     assert_non_null(e);
     json_object_set_new(e, "user", sp_audit_user(actor, "human"));
     sp_audit_emit(e);
@@ -116,7 +116,7 @@ static void emit_logon(const char *actor, bool ok)
 static void test_event_shape(void **state)
 {
     (void)state;
-    json_t *e = sp_audit_new(SP_AUDIT_DATASTORE_ACTIVITY, "Connect", false, "alice");
+    json_t *e = sp_audit_new(SP_AUDIT_DATASTORE_CONNECT, "session-start", false, "alice");
     assert_int_equal(json_integer_value(json_object_get(e, "class_uid")), 6005);
     assert_string_equal(json_string_value(json_object_get(e, "class_name")), "Datastore Activity");
     assert_string_equal(json_string_value(json_object_get(e, "activity_name")), "Connect");
@@ -136,13 +136,13 @@ static void test_event_shape(void **state)
     assert_string_equal(json_string_value(json_object_get(product, "vendor_name")), "sallyport");
     json_decref(e);
 
-    e = sp_audit_new(SP_AUDIT_ACCOUNT_CHANGE, "Create", true, "local-admin");
+    e = sp_audit_new(SP_AUDIT_ACCOUNT_CREATE, "identity-add", true, "local-admin");
     assert_string_equal(json_string_value(json_object_get(e, "status")), "Success");
     assert_int_equal(json_integer_value(json_object_get(e, "status_id")), 1);
     json_decref(e);
 
     json_t *u = sp_audit_user("deploy-bot", "service");
-    assert_string_equal(json_string_value(json_object_get(u, "type")), "service");
+    assert_string_equal(json_string_value(json_object_get(u, "type")), "Service");
     assert_int_equal(json_integer_value(json_object_get(u, "type_id")), 4);
     json_decref(u);
     u = sp_audit_user("bob", "human");
@@ -156,7 +156,7 @@ static void test_first_line(void **state)
     fixture *f = *state;
     char sub[128], err[256];
     snprintf(sub, sizeof(sub), "%s/audit", f->dir);
-    assert_int_equal(sp_audit_open(sub, err, sizeof(err)), 0);
+    assert_int_equal(sp_audit_open(sub, NULL, err, sizeof(err)), 0);
     emit_logon("alice", true);
     sp_audit_close();
     char path[512];
@@ -193,11 +193,11 @@ static void test_chain_across_files_and_writers(void **state)
     fputs("{\"n\":9}\n", fp);
     fclose(fp);
 
-    assert_int_equal(sp_audit_open(f->dir, err, sizeof(err)), 0);
+    assert_int_equal(sp_audit_open(f->dir, NULL, err, sizeof(err)), 0);
     emit_logon("alice", true);
     emit_logon("bob", false);
     sp_audit_close();
-    assert_int_equal(sp_audit_open(f->dir, err, sizeof(err)), 0);
+    assert_int_equal(sp_audit_open(f->dir, NULL, err, sizeof(err)), 0);
     emit_logon("carol", true);
     emit_logon("dave", true);
     sp_audit_close();
@@ -228,7 +228,7 @@ static void test_torn_last_line(void **state)
     FILE *fp = fopen(path, "w");
     fputs("{\"torn\":tr", fp);
     fclose(fp);
-    assert_int_equal(sp_audit_open(f->dir, err, sizeof(err)), 0);
+    assert_int_equal(sp_audit_open(f->dir, NULL, err, sizeof(err)), 0);
     emit_logon("alice", true);
     sp_audit_close();
     char *text = slurp(path);
@@ -252,7 +252,7 @@ static void test_dropped_are_reported(void **state)
     char err[256];
     emit_logon("early", true); /* before open: cannot be written */
     emit_logon("early", true);
-    assert_int_equal(sp_audit_open(f->dir, err, sizeof(err)), 0);
+    assert_int_equal(sp_audit_open(f->dir, NULL, err, sizeof(err)), 0);
     emit_logon("alice", true);
     emit_logon("bob", true);
     sp_audit_close();
@@ -273,10 +273,10 @@ static void test_open_errors(void **state)
     snprintf(path, sizeof(path), "%s/file", f->dir);
     FILE *fp = fopen(path, "w");
     fclose(fp);
-    assert_int_equal(sp_audit_open(path, err, sizeof(err)), -1);
+    assert_int_equal(sp_audit_open(path, NULL, err, sizeof(err)), -1);
     assert_non_null(strstr(err, path));
-    assert_int_equal(sp_audit_open(f->dir, err, sizeof(err)), 0);
-    assert_int_equal(sp_audit_open(f->dir, err, sizeof(err)), -1);
+    assert_int_equal(sp_audit_open(f->dir, NULL, err, sizeof(err)), 0);
+    assert_int_equal(sp_audit_open(f->dir, NULL, err, sizeof(err)), -1);
     assert_non_null(strstr(err, "already open"));
     sp_audit_close();
     sp_audit_close(); /* closing twice is harmless */
