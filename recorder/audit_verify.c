@@ -312,6 +312,10 @@ static void check_file(verify_state *st, const char *file, const file_lines *fl)
             break;
         }
         const uint8_t *expected = k > 1 ? fl->v[k - 2].hash : st->has_tail ? st->tail : NULL;
+        if (!expected && find_hash(fl, li->prev) > 0) {
+            classify_link_break(st, file, fl, k);
+            break;
+        }
         if (!expected) {
             if (memcmp(li->prev, zeros, 32) != 0)
                 add_note(st,
