@@ -22,7 +22,7 @@
 /* The CLI's actor name in the audit trail (DESIGN.md: "Who is acting"). */
 #define CLI_ACTOR "local-admin"
 
-#define CLI_MAX_POSITIONAL 4
+#define CLI_MAX_POSITIONAL 64 /* audit verify takes a list of files */
 
 typedef struct cli_opt {
     const char *name; /* long name without dashes: "ttl" for --ttl */
@@ -94,8 +94,9 @@ json_t *cli_time_json(int64_t us);
 /* Prints a JSON document (steals the reference) followed by a newline. */
 int cli_print_json(const cli_ctx *ctx, json_t *doc);
 
-/* Audit event with the CLI as actor; the caller adds fields and emits. */
-json_t *cli_audit_event(enum sp_audit_class cls, const char *activity, bool success);
+/* Audit event with the CLI as actor; code is sallyport's event code ("grant"); the caller
+ * adds fields and emits. */
+json_t *cli_audit_event(enum sp_audit_activity activity, const char *code, bool success);
 
 /* The command runners, one file per area. */
 int cmd_identity_add(cli_ctx *ctx, cli_args *a);
@@ -115,5 +116,6 @@ int cmd_replay(cli_ctx *ctx, cli_args *a);
 int cmd_ca_init(cli_ctx *ctx, cli_args *a);
 int cmd_ca_show(cli_ctx *ctx, cli_args *a);
 int cmd_export(cli_ctx *ctx, cli_args *a);
+int cmd_audit_verify(cli_ctx *ctx, cli_args *a);
 
 #endif

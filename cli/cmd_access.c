@@ -5,10 +5,11 @@
 #include "cli/cli.h"
 #include "common/util.h"
 
-static void emit_access_change(const char *activity, const sp_identity *id, const char *role,
-                               const char *reason, json_t *extra)
+static void emit_access_change(enum sp_audit_activity activity, const char *code,
+                               const sp_identity *id, const char *role, const char *reason,
+                               json_t *extra)
 {
-    json_t *ev = cli_audit_event(SP_AUDIT_USER_ACCESS, activity, true);
+    json_t *ev = cli_audit_event(activity, code, true);
     json_object_set_new(ev, "user", sp_audit_user(id->name, id->kind));
     json_object_set_new(ev, "privileges", json_pack("[s]", role));
     json_object_set_new(extra, "reason", json_string(reason));
@@ -64,7 +65,7 @@ int cmd_grant(cli_ctx *ctx, cli_args *a)
                              &binding_id, err, sizeof(err)) != 0)
         return cli_fail(ctx, "%s", err);
     sp_format_duration(ttl, ttl_text, sizeof(ttl_text));
-    emit_access_change("Assign Privileges", &id, role->name, reason,
+    emit_access_change(SP_AUDIT_ACCESS_ASSIGN_PRIVILEGES, "grant", &id, role->name, reason,
                        json_pack("{s:I, s:s, s:o}", "binding_id", (json_int_t)binding_id, "ttl",
                                  ttl > 0 ? ttl_text : "none", "expires_at",
                                  cli_time_json(expires_at)));
@@ -96,7 +97,8 @@ int cmd_revoke(cli_ctx *ctx, cli_args *a)
     rc = sp_store_binding_revoke(ctx->store, id.name, a->pos[1], sp_now_us(), err, sizeof(err));
     if (rc != 0)
         return cli_fail(ctx, "%s", err);
-    emit_access_change("Revoke Privileges", &id, a->pos[1], reason, json_object());
+    emit_access_change(SP_AUDIT_ACCESS_REVOKE_PRIVILEGES, "revoke", &id, a->pos[1], reason,
+                       json_object());
     printf("revoked %s from %s; sessions it allowed end within a few seconds\n", a->pos[1],
            id.name);
     return CLI_OK;

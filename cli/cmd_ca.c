@@ -54,7 +54,7 @@ static int public_line(cli_ctx *ctx, const ca_slot *slot, char *line, size_t lin
 
 static void audit_ca_created(const ca_slot *slot, const char *line)
 {
-    json_t *ev = cli_audit_event(SP_AUDIT_ACCOUNT_CHANGE, "Create SSH CA Key", true);
+    json_t *ev = cli_audit_event(SP_AUDIT_APP_CREATE_KEY, "ssh-ca-create", true);
     /* the public line only: the private key never leaves its file */
     json_object_set_new(
         ev, "unmapped",

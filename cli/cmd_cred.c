@@ -46,11 +46,11 @@ static int cred_ttl(cli_ctx *ctx, cli_args *a, const char *identity, int64_t now
 }
 
 /* The audit event of a credential change; the caller may add to "unmapped", then emits. */
-static json_t *cred_event(const char *activity, const char *identity, const char *kind,
-                          const char *cred_id, const char *cred_kind, int64_t expires_at,
-                          const char *reason)
+static json_t *cred_event(enum sp_audit_activity activity, const char *code, const char *identity,
+                          const char *kind, const char *cred_id, const char *cred_kind,
+                          int64_t expires_at, const char *reason)
 {
-    json_t *ev = cli_audit_event(SP_AUDIT_ACCOUNT_CHANGE, activity, true);
+    json_t *ev = cli_audit_event(activity, code, true);
     json_object_set_new(ev, "user", sp_audit_user(identity, kind));
     json_t *extra = json_pack("{s:s, s:s}", "credential_id", cred_id, "credential_kind", cred_kind);
     if (expires_at)
@@ -270,8 +270,8 @@ static int issue_ssh_cert(cli_ctx *ctx, const char *pubkey_path, bool force, ssh
             unlink(path);
     }
     if (rc == CLI_OK) {
-        json_t *ev = cred_event("Issue Credential", is->id->name, is->id->kind, is->cred_id,
-                                "ssh-cert", is->now + is->ttl, NULL);
+        json_t *ev = cred_event(SP_AUDIT_ACCOUNT_ISSUE_CREDENTIAL, "cred-issue", is->id->name,
+                                is->id->kind, is->cred_id, "ssh-cert", is->now + is->ttl, NULL);
         json_object_set_new(json_object_get(ev, "unmapped"), "ssh_cert_serial",
                             json_sprintf("%llu", (unsigned long long)is->serial));
         json_object_set_new(json_object_get(ev, "unmapped"), "ssh_cert_key_id",
@@ -316,8 +316,8 @@ int cmd_cred_issue(cli_ctx *ctx, cli_args *a)
     }
     if (sp_token_issue(ctx->store, id.name, ttl, now, token, cred_id, err, sizeof(err)) != 0)
         return cli_fail(ctx, "%s", err);
-    sp_audit_emit(
-        cred_event("Issue Credential", id.name, id.kind, cred_id, "token", now + ttl, NULL));
+    sp_audit_emit(cred_event(SP_AUDIT_ACCOUNT_ISSUE_CREDENTIAL, "cred-issue", id.name, id.kind,
+                             cred_id, "token", now + ttl, NULL));
     /* Line 1 of stdout is the token alone, so `TOKEN=$(sallyport cred issue ...)` works. */
     printf("%s\n", token);
     fflush(stdout);
@@ -359,7 +359,8 @@ int cmd_cred_revoke(cli_ctx *ctx, cli_args *a)
     const char *kind = sp_store_identity_get(ctx->store, c.identity, &id, err, sizeof(err)) == 0
                            ? id.kind
                            : "human";
-    sp_audit_emit(cred_event("Revoke Credential", c.identity, kind, c.id, c.kind, 0, reason));
+    sp_audit_emit(cred_event(SP_AUDIT_ACCOUNT_REVOKE_CREDENTIAL, "cred-revoke", c.identity, kind,
+                             c.id, c.kind, 0, reason));
     printf("credential %s of %s revoked; sessions it started end within a few seconds\n", c.id,
            c.identity);
     return CLI_OK;

@@ -17,9 +17,10 @@ static json_t *identity_json(const sp_identity *id)
                      cli_time_json(id->created_at));
 }
 
-static void emit_account_change(const char *activity, const sp_identity *id, const char *reason)
+static void emit_account_change(enum sp_audit_activity activity, const char *code,
+                                const sp_identity *id, const char *reason)
 {
-    json_t *ev = cli_audit_event(SP_AUDIT_ACCOUNT_CHANGE, activity, true);
+    json_t *ev = cli_audit_event(activity, code, true);
     json_object_set_new(ev, "user", sp_audit_user(id->name, id->kind));
     json_t *extra = json_pack("{s:s, s:s}", "owner", id->owner, "purpose", id->purpose);
     if (reason && *reason)
@@ -51,7 +52,7 @@ int cmd_identity_add(cli_ctx *ctx, cli_args *a)
     sp_identity id;
     if (sp_store_identity_get(ctx->store, name, &id, err, sizeof(err)) != 0)
         return cli_fail(ctx, "%s", err);
-    emit_account_change("Create", &id, NULL);
+    emit_account_change(SP_AUDIT_ACCOUNT_CREATE, "identity-add", &id, NULL);
     printf("identity %s added (%s, owner %s)\n", id.name, id.kind, id.owner);
     return CLI_OK;
 }
@@ -208,7 +209,8 @@ static int set_disabled(cli_ctx *ctx, cli_args *a, bool disabled)
     if (sp_store_identity_set_disabled(ctx->store, id.name, disabled, err, sizeof(err)) != 0)
         return cli_fail(ctx, "%s", err);
     id.disabled = disabled;
-    emit_account_change(disabled ? "Disable" : "Enable", &id, reason);
+    emit_account_change(disabled ? SP_AUDIT_ACCOUNT_DISABLE : SP_AUDIT_ACCOUNT_ENABLE,
+                        disabled ? "identity-disable" : "identity-enable", &id, reason);
     if (disabled)
         printf("identity %s disabled; its live sessions end within a few seconds\n", id.name);
     else

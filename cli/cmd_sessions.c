@@ -74,10 +74,10 @@ int cmd_sessions(cli_ctx *ctx, cli_args *a)
 }
 
 /* more (may be NULL, stolen): fields added to "unmapped". */
-static void emit_session_event(enum sp_audit_class cls, const char *activity, bool success,
+static void emit_session_event(enum sp_audit_activity activity, const char *code, bool success,
                                const sp_session_row *r, const char *reason, json_t *more)
 {
-    json_t *ev = cli_audit_event(cls, activity, success);
+    json_t *ev = cli_audit_event(activity, code, success);
     json_object_set_new(ev, "user", sp_audit_user(r->identity, NULL));
     json_object_set_new(ev, "session", json_pack("{s:s}", "uid", r->id));
     json_t *extra = json_pack("{s:s, s:s}", "target", r->target, "database", r->database);
@@ -106,7 +106,7 @@ int cmd_kill(cli_ctx *ctx, cli_args *a)
         return cli_fail(ctx, "session %s is not live: it ended (%s)", r.id, r.end_reason);
     if (sp_store_session_request_kill(ctx->store, r.id, reason, CLI_ACTOR, err, sizeof(err)) != 0)
         return cli_fail(ctx, "%s", err);
-    emit_session_event(SP_AUDIT_AUTHORIZE_SESSION, "Kill Session", true, &r, reason, NULL);
+    emit_session_event(SP_AUDIT_AUTH_LOGOFF, "kill-session", true, &r, reason, NULL);
     printf("session %s of %s asked to end; its gateway (pid %d) ends it within a second\n", r.id,
            r.identity, r.gateway_pid);
     return CLI_OK;
@@ -171,7 +171,7 @@ int cmd_replay(cli_ctx *ctx, cli_args *a)
                          "a PostgreSQL session",
                          r.id);
     /* Recordings hold PHI: the viewing is audited before anything is shown. */
-    emit_session_event(SP_AUDIT_DATASTORE_ACTIVITY, "View Recording", true, &r, NULL, NULL);
+    emit_session_event(SP_AUDIT_DATASTORE_READ, "view-recording", true, &r, NULL, NULL);
     fflush(stdout);
     if (ssh && cli_flag(a, "json"))
         rc = sp_export(r.recording_path, SP_EXPORT_JSON, stdout);
@@ -222,7 +222,7 @@ int cmd_export(cli_ctx *ctx, cli_args *a)
     if (output && !*output)
         return cli_usage(ctx, "-o needs a file name");
     emit_session_event(
-        SP_AUDIT_DATASTORE_ACTIVITY, "Export Recording", true, &r, NULL,
+        SP_AUDIT_DATASTORE_EXPORT, "export-recording", true, &r, NULL,
         json_pack("{s:s, s:s}", "format", format, "output", output ? output : "stdout"));
     FILE *out = output ? open_export_file(ctx, output) : stdout;
     if (!out)

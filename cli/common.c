@@ -192,7 +192,7 @@ int cli_open(cli_ctx *ctx, const cli_args *a)
         return cli_fail(ctx, "%s", err);
     if (ctx->cmd->audited) {
         /* No audit trail, no change: a change nobody can account for is worse than none. */
-        if (sp_audit_open(ctx->cfg->audit_dir, err, sizeof(err)) < 0)
+        if (sp_audit_open(ctx->cfg->audit_dir, NULL, err, sizeof(err)) < 0)
             return cli_fail(ctx, "cannot open the audit trail in %s: %s", ctx->cfg->audit_dir, err);
         ctx->audit_open = true;
     }
@@ -272,7 +272,7 @@ int cli_print_json(const cli_ctx *ctx, json_t *doc)
     return CLI_OK;
 }
 
-json_t *cli_audit_event(enum sp_audit_class cls, const char *activity, bool success)
+json_t *cli_audit_event(enum sp_audit_activity activity, const char *code, bool success)
 {
-    return sp_audit_new(cls, activity, success, CLI_ACTOR);
+    return sp_audit_new(activity, code, success, CLI_ACTOR);
 }

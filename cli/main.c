@@ -33,6 +33,9 @@ static cli_opt opts_replay[] = {{.name = "json"},
                                 {.name = "no-wait"}};
 static cli_opt opts_export[] = {{.name = "format", .has_value = true},
                                 {.name = "output", .short_name = 'o', .has_value = true}};
+static cli_opt opts_audit_verify[] = {{.name = "json"},
+                                      {.name = "public-key", .has_value = true},
+                                      {.name = "checkpoints", .has_value = true}};
 
 static int cmd_version(cli_ctx *ctx, cli_args *a);
 static int cmd_serve(cli_ctx *ctx, cli_args *a);
@@ -335,6 +338,29 @@ const cli_command cli_commands[] = {
              "  sallyport ca show --target-ca >> /etc/ssh/sallyport_ca.pub   # on the target",
      .run = cmd_ca_show,
      OPTS(opts_ca_show)},
+
+    {.name = "audit verify",
+     .synopsis = "[FILE...] [--public-key FILE] [--checkpoints SYSLOG] [--json]",
+     .summary = "check the audit trail's chain and signed checkpoints",
+     .help = "Check the audit trail: every line's link to the line before it (across files),\n"
+             "every line's number, and every checkpoint's line count, head and Ed25519\n"
+             "signature. Reports the first break: the file, the line, and whether a line\n"
+             "was edited, deleted, reordered, the trail cut, or a checkpoint forged.\n"
+             "Without FILE, verifies every audit-*.jsonl file in audit_dir. Files are taken\n"
+             "per host, in date order. Exit status 1 on any break.\n"
+             "\n"
+             "Options:\n"
+             "  --public-key FILE     the gateway's Ed25519 public key (PEM); default: the\n"
+             "                        public half of signing_key_file. Without either,\n"
+             "                        signatures are not checked (and the output says so)\n"
+             "  --checkpoints SYSLOG  a log holding the checkpoints sent to syslog: each must\n"
+             "                        be in the trail, which detects a trail cut after one\n"
+             "  --json                one JSON object instead of text\n"
+             "\n"
+             "Example:\n"
+             "  sallyport audit verify --checkpoints /var/log/auth.log",
+     .run = cmd_audit_verify,
+     OPTS(opts_audit_verify)},
 
     {.name = "version",
      .synopsis = "",

@@ -181,12 +181,23 @@ static int on_main(parse_ctx *p, int line, const char *k, const char *v)
     } else if (!strcmp(k, "audit_dir")) {
         free(c->audit_dir);
         c->audit_dir = path_value(p, v);
+    } else if (!strcmp(k, "signing_key_file")) {
+        free(c->signing_key_file);
+        c->signing_key_file = path_value(p, v);
+    } else if (!strcmp(k, "audit_fsync")) {
+        if (!strcmp(v, "line"))
+            c->audit_fsync = SP_AUDIT_FSYNC_LINE;
+        else if (!strcmp(v, "batch"))
+            c->audit_fsync = SP_AUDIT_FSYNC_BATCH;
+        else
+            return fail(p, line, "audit_fsync: expected line or batch, got \"%s\"%s", v, "");
     } else if (!strcmp(k, "gateway_secret_file")) {
         free(c->gateway_secret_file);
         c->gateway_secret_file = path_value(p, v);
     } else if (!strcmp(k, "flush_interval") || !strcmp(k, "handshake_timeout") ||
                !strcmp(k, "drain_timeout") || !strcmp(k, "lease_idle") ||
-               !strcmp(k, "default_cred_ttl") || !strcmp(k, "store_outage_grace")) {
+               !strcmp(k, "default_cred_ttl") || !strcmp(k, "store_outage_grace") ||
+               !strcmp(k, "audit_batch") || !strcmp(k, "audit_checkpoint_interval")) {
         if (sp_parse_duration(v, &d) < 0 || d <= 0)
             return fail(p, line, "%s: expected a duration like 30s, 15m, 8h, got \"%s\"", k, v);
         if (!strcmp(k, "flush_interval"))
@@ -199,6 +210,10 @@ static int on_main(parse_ctx *p, int line, const char *k, const char *v)
             c->lease_idle = d;
         else if (!strcmp(k, "default_cred_ttl"))
             c->default_cred_ttl = d;
+        else if (!strcmp(k, "audit_batch"))
+            c->audit_batch = d;
+        else if (!strcmp(k, "audit_checkpoint_interval"))
+            c->audit_checkpoint_interval = d;
         else
             c->store_outage_grace = d;
     } else if (!strcmp(k, "max_client_conn")) {
@@ -356,6 +371,9 @@ static int on_entry(void *user, const char *section, const char *k, const char *
 static void set_defaults(sp_config *c)
 {
     c->flush_interval = 1000000;
+    c->audit_fsync = SP_AUDIT_FSYNC_LINE;
+    c->audit_batch = 100 * 1000;
+    c->audit_checkpoint_interval = 5 * 60 * 1000000LL;
     c->max_client_conn = 10000;
     c->handshake_timeout = 10 * 1000000LL;
     c->drain_timeout = 30 * 1000000LL;
@@ -543,6 +561,7 @@ void sp_config_unref(sp_config *c)
     free(c->store_path);
     free(c->recordings_dir);
     free(c->audit_dir);
+    free(c->signing_key_file);
     free(c->gateway_secret_file);
     free(c->session_notice);
     free(c->managed_group);

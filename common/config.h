@@ -16,6 +16,7 @@ enum sp_target_kind { SP_TARGET_POSTGRES, SP_TARGET_SSH, SP_TARGET_TLS };
 enum sp_upstream_tls { SP_UTLS_VERIFY_FULL, SP_UTLS_VERIFY_CA, SP_UTLS_REQUIRE, SP_UTLS_DISABLE };
 enum sp_recording_policy { SP_REC_STRICT, SP_REC_BEST_EFFORT };
 enum sp_forwarding { SP_FWD_NONE, SP_FWD_LOCAL, SP_FWD_AGENT };
+enum sp_audit_fsync { SP_AUDIT_FSYNC_LINE, SP_AUDIT_FSYNC_BATCH };
 
 typedef struct sp_target {
     char *name;
@@ -68,8 +69,12 @@ typedef struct sp_config {
     char *store_path; /* PATH of the sqlite store */
     char *recordings_dir;
     char *audit_dir;
-    char *gateway_secret_file; /* 32+ random bytes, owner-only: fake salts, internal keys */
-    int64_t flush_interval;    /* us */
+    enum sp_audit_fsync audit_fsync;   /* line (default): fsync each audit line */
+    int64_t audit_batch;               /* us: batch mode fsyncs a line within this long */
+    int64_t audit_checkpoint_interval; /* us between signed audit checkpoints */
+    char *signing_key_file;            /* Ed25519 PEM private key, owner-only; NULL = none */
+    char *gateway_secret_file;         /* 32+ random bytes, owner-only: fake salts, internal keys */
+    int64_t flush_interval;            /* us */
     int max_client_conn;
     int64_t handshake_timeout;  /* us: TLS + startup + authentication */
     int64_t drain_timeout;      /* us: SIGTERM grace for live sessions */

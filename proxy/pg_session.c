@@ -147,22 +147,34 @@ static void refuse(pg_session *s, const char *sqlstate, const char *msg, const c
     end_session(s, reason, sqlstate, msg);
 }
 
-static json_t *audit_base(pg_session *s, enum sp_audit_class cls, const char *activity, bool ok)
+/* "ip:port" (or "[v6]:port") as an OCSF network endpoint. */
+static json_t *audit_endpoint(const char *peer)
 {
-    json_t *ev = sp_audit_new(cls, activity, ok, s->identity[0] ? s->identity : "-");
+    const char *colon = strrchr(peer, ':');
+    if (!colon)
+        return json_pack("{s:s}", "ip", peer);
+    int ip_len = (int)(colon - peer);
+    if (ip_len >= 2 && peer[0] == '[' && peer[ip_len - 1] == ']')
+        return json_pack("{s:s%, s:i}", "ip", peer + 1, (size_t)(ip_len - 2), "port",
+                         atoi(colon + 1));
+    return json_pack("{s:s%, s:i}", "ip", peer, (size_t)ip_len, "port", atoi(colon + 1));
+}
+
+static json_t *audit_base(pg_session *s, enum sp_audit_activity activity, const char *code, bool ok)
+{
+    json_t *ev = sp_audit_new(activity, code, ok, s->identity[0] ? s->identity : "-");
     json_object_set_new(ev, "user",
                         sp_audit_user(s->identity, s->user_kind[0] ? s->user_kind : "unknown"));
-    json_t *src = json_object();
-    json_object_set_new(src, "ip_port", json_string(s->client.peer));
-    json_object_set_new(ev, "src_endpoint", src);
+    json_object_set_new(ev, "src_endpoint", audit_endpoint(s->client.peer));
     json_t *sess = json_object();
     json_object_set_new(sess, "uid", json_string(s->id));
     json_object_set_new(ev, "session", sess);
     if (s->target_name[0]) {
-        json_t *dst = json_object();
-        json_object_set_new(dst, "target", json_string(s->target_name));
-        json_object_set_new(dst, "database", json_string(s->database));
-        json_object_set_new(ev, "dst_endpoint", dst);
+        json_object_set_new(
+            ev, "dst_endpoint",
+            json_pack("{s:s, s:s}", "name", s->target_name, "svc_name", "postgresql"));
+        json_object_set_new(ev, "database",
+                            json_pack("{s:s, s:s}", "name", s->database, "type", "PostgreSQL"));
     }
     return ev;
 }
@@ -358,11 +370,12 @@ static void end_session(pg_session *s, const char *reason, const char *sqlstate,
 
     release_session_state(s);
     if (was_relay || s->row_started) {
-        json_t *ev = audit_base(s, SP_AUDIT_DATASTORE_ACTIVITY, "session-end", true);
-        json_object_set_new(ev, "end_reason", json_string(reason));
-        json_object_set_new(ev, "bytes_in", json_integer((json_int_t)s->bytes_in));
-        json_object_set_new(ev, "bytes_out", json_integer((json_int_t)s->bytes_out));
-        json_object_set_new(ev, "duration_ms", json_integer((sp_now_us() - s->started_at) / 1000));
+        json_t *ev = audit_base(s, SP_AUDIT_AUTH_LOGOFF, "session-end", true);
+        sp_audit_set_unmapped(ev, "end_reason", json_string(reason));
+        sp_audit_set_unmapped(ev, "bytes_in", json_integer((json_int_t)s->bytes_in));
+        sp_audit_set_unmapped(ev, "bytes_out", json_integer((json_int_t)s->bytes_out));
+        sp_audit_set_unmapped(ev, "duration_ms",
+                              json_integer((sp_now_us() - s->started_at) / 1000));
         sp_audit_emit(ev);
     }
 }
@@ -781,9 +794,10 @@ static void start_lookup(pg_session *s)
 
 static void auth_failed(pg_session *s, const char *reason)
 {
-    json_t *ev = audit_base(s, SP_AUDIT_AUTHENTICATION, "logon", false);
+    json_t *ev = audit_base(s, SP_AUDIT_AUTH_LOGON, "logon", false);
     json_object_set_new(ev, "status_detail", json_string(reason));
     json_object_set_new(ev, "auth_protocol", json_string("SCRAM-SHA-256"));
+    json_object_set_new(ev, "auth_protocol_id", json_integer(99)); /* OCSF: Other */
     sp_audit_emit(ev);
     char msg[160];
     /* One answer for every failure before authentication: the audit trail has the reason. */
@@ -854,10 +868,11 @@ static void handle_sasl(pg_session *s, const sp_pg_msg *m)
     OPENSSL_cleanse(s->tokens, sizeof(s->tokens));
     s->n_tokens = 0;
 
-    json_t *ev = audit_base(s, SP_AUDIT_AUTHENTICATION, "logon", true);
+    json_t *ev = audit_base(s, SP_AUDIT_AUTH_LOGON, "logon", true);
     json_object_set_new(ev, "auth_protocol",
                         json_string(s->scram.plus ? SP_SCRAM_MECH_PLUS : SP_SCRAM_MECH));
-    json_object_set_new(ev, "credential_uid", json_string(s->cred_id));
+    json_object_set_new(ev, "auth_protocol_id", json_integer(99)); /* OCSF: Other */
+    sp_audit_set_unmapped(ev, "credential_uid", json_string(s->cred_id));
     sp_audit_emit(ev);
     start_authorize(s);
 }
@@ -988,17 +1003,17 @@ static void authorize_after(uv_work_t *req, int status)
     }
     job_done(j);
 
-    json_t *ev = audit_base(s, SP_AUDIT_AUTHORIZE_SESSION, "authorize", outcome == AZ_OK);
+    json_t *ev = audit_base(s, SP_AUDIT_SESSION_ASSIGN_PRIVILEGES, "authorize", outcome == AZ_OK);
     if (s->dec.role)
-        json_object_set_new(ev, "role", json_string(s->dec.role->name));
+        sp_audit_set_unmapped(ev, "role", json_string(s->dec.role->name));
     if (outcome == AZ_DENIED)
         json_object_set_new(ev, "status_detail", json_string(s->dec.reason));
     else if (outcome != AZ_OK)
         json_object_set_new(ev, "status_detail", json_string(err));
     if (s->has_lease)
-        json_object_set_new(ev, "db_user", json_string(s->lease.role_name));
+        sp_audit_set_unmapped(ev, "db_user", json_string(s->lease.role_name));
     if (s->rec)
-        json_object_set_new(ev, "recording", json_string(sp_rec_path(s->rec)));
+        sp_audit_set_unmapped(ev, "recording", json_string(sp_rec_path(s->rec)));
     sp_audit_emit(ev);
 
     char msg[384];
@@ -1034,7 +1049,7 @@ static void authorize_after(uv_work_t *req, int status)
         return;
     }
     if (!s->rec) {
-        json_t *gap = audit_base(s, SP_AUDIT_DATASTORE_ACTIVITY, "recording-gap", false);
+        json_t *gap = audit_base(s, SP_AUDIT_DATASTORE_RECORDING_GAP, "recording-gap", false);
         json_object_set_new(gap, "status_detail", json_string(err));
         sp_audit_emit(gap);
     }
@@ -1169,8 +1184,8 @@ static void up_on_tls(sp_conn *c, bool ok, const char *why)
 static void lease_tampered(pg_session *s, const char *why)
 {
     sp_lease_invalidate(s->gw->leases, s->lease.id);
-    json_t *ev = audit_base(s, SP_AUDIT_USER_ACCESS, "lease-credential-changed", false);
-    json_object_set_new(ev, "db_user", json_string(s->lease.role_name));
+    json_t *ev = audit_base(s, SP_AUDIT_ACCOUNT_PASSWORD_CHANGE, "lease-credential-changed", false);
+    sp_audit_set_unmapped(ev, "db_user", json_string(s->lease.role_name));
     json_object_set_new(ev, "status_detail", json_string(why));
     sp_audit_emit(ev);
     sp_warn("pg %s: the password of lease role %s was changed outside the gateway; it gets a "
@@ -1198,9 +1213,9 @@ static void finish_startup(pg_session *s)
     if (s->dec.role->idle_timeout > 0)
         uv_timer_start(&s->timer, on_idle_check, (uint64_t)(s->dec.role->idle_timeout / 1000) + 1,
                        0);
-    json_t *ev = audit_base(s, SP_AUDIT_DATASTORE_ACTIVITY, "session-start", true);
-    json_object_set_new(ev, "db_user", json_string(s->lease.role_name));
-    json_object_set_new(ev, "role", json_string(s->dec.role->name));
+    json_t *ev = audit_base(s, SP_AUDIT_DATASTORE_CONNECT, "session-start", true);
+    sp_audit_set_unmapped(ev, "db_user", json_string(s->lease.role_name));
+    sp_audit_set_unmapped(ev, "role", json_string(s->dec.role->name));
     sp_audit_emit(ev);
     sp_info("pg %s %s: %s -> %s/%s as %s", s->id, s->client.peer, s->identity, s->target_name,
             s->database, s->lease.role_name);
@@ -1405,7 +1420,7 @@ static void rec_fail_check(pg_session *s)
         return;
     s->rec_failed_noted = true;
     sp_error("pg %s: recording failed: %s", s->id, sp_rec_error(s->rec));
-    json_t *ev = audit_base(s, SP_AUDIT_DATASTORE_ACTIVITY, "recording-gap", false);
+    json_t *ev = audit_base(s, SP_AUDIT_DATASTORE_RECORDING_GAP, "recording-gap", false);
     json_object_set_new(ev, "status_detail", json_string(sp_rec_error(s->rec)));
     sp_audit_emit(ev);
     if (s->dec.role && s->dec.role->recording == SP_REC_STRICT)

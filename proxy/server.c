@@ -221,15 +221,30 @@ static int ensure_dirs(const sp_config *cfg, char *err, size_t errlen)
 
 /* ---- audit helpers for lifecycle events seen by the server ---- */
 
+/* The gateway writes the signed checkpoints, and sends each to syslog. */
+static int open_audit(const sp_config *cfg, char *err, size_t errlen)
+{
+    sp_audit_options opt = {
+        .fsync_batch = cfg->audit_fsync == SP_AUDIT_FSYNC_BATCH,
+        .batch_us = cfg->audit_batch,
+        .checkpoint_interval_us = cfg->audit_checkpoint_interval,
+        .signing_key_file = cfg->signing_key_file,
+        .checkpoints_to_syslog = true,
+    };
+    if (!cfg->signing_key_file)
+        sp_warn("no signing_key_file: audit checkpoints are written unsigned");
+    return sp_audit_open(cfg->audit_dir, &opt, err, errlen);
+}
+
 static void audit_lease_drop(const char *identity, const char *target, const char *role_name,
                              const char *why, void *arg)
 {
     (void)arg;
-    json_t *ev = sp_audit_new(SP_AUDIT_USER_ACCESS, "lease-drop", true, "sallyport");
+    json_t *ev = sp_audit_new(SP_AUDIT_ACCESS_REVOKE_PRIVILEGES, "lease-drop", true, "sallyport");
     json_object_set_new(ev, "user", sp_audit_user(identity, "unknown"));
-    json_object_set_new(ev, "target", json_string(target));
-    json_object_set_new(ev, "db_user", json_string(role_name));
-    json_object_set_new(ev, "reason", json_string(why));
+    sp_audit_set_unmapped(ev, "target", json_string(target));
+    sp_audit_set_unmapped(ev, "db_user", json_string(role_name));
+    sp_audit_set_unmapped(ev, "reason", json_string(why));
     sp_audit_emit(ev);
     sp_info("lease %s for %s on %s dropped: %s", role_name, identity, target, why);
 }
@@ -237,12 +252,12 @@ static void audit_lease_drop(const char *identity, const char *target, const cha
 static void audit_orphan(const sp_session_row *row, void *arg)
 {
     (void)arg;
-    json_t *ev = sp_audit_new(SP_AUDIT_DATASTORE_ACTIVITY, "session-end", true, "sallyport");
+    json_t *ev = sp_audit_new(SP_AUDIT_AUTH_LOGOFF, "session-end", true, "sallyport");
     json_object_set_new(ev, "user", sp_audit_user(row->identity, "unknown"));
     json_t *sess = json_object();
     json_object_set_new(sess, "uid", json_string(row->id));
     json_object_set_new(ev, "session", sess);
-    json_object_set_new(ev, "end_reason", json_string("gateway-crashed"));
+    sp_audit_set_unmapped(ev, "end_reason", json_string("gateway-crashed"));
     sp_audit_emit(ev);
     sp_warn("session %s of %s was left open by a gateway that stopped; marked gateway-crashed",
             row->id, row->identity);
@@ -430,8 +445,8 @@ static void reload(server *srv)
     sp_config_unref(prev);
     sp_tls_set_unref(g, prev_tls);
     sp_config_unref(old);
-    json_t *ev = sp_audit_new(SP_AUDIT_USER_ACCESS, "config-reload", true, "sallyport");
-    json_object_set_new(ev, "config", json_string(cfg->path));
+    json_t *ev = sp_audit_new(SP_AUDIT_APP_RELOAD, "config-reload", true, "sallyport");
+    sp_audit_set_unmapped(ev, "config", json_string(cfg->path));
     sp_audit_emit(ev);
     sp_info("configuration reloaded from %s", cfg->path);
     if (j) {
@@ -598,7 +613,7 @@ static int start(server *srv, const char *config_path)
     g->cfg = cfg;
     g->pid = (int)getpid();
     if (ensure_dirs(cfg, err, sizeof(err)) < 0 || load_secret(g, cfg, err, sizeof(err)) < 0 ||
-        sp_audit_open(cfg->audit_dir, err, sizeof(err)) < 0)
+        open_audit(cfg, err, sizeof(err)) < 0)
         goto fail;
     if (sp_store_open(cfg->store_path, &g->store, err, sizeof(err)) < 0)
         goto fail;
@@ -636,9 +651,9 @@ static int start(server *srv, const char *config_path)
             goto fail;
         }
     }
-    json_t *ev = sp_audit_new(SP_AUDIT_USER_ACCESS, "gateway-start", true, "sallyport");
-    json_object_set_new(ev, "config", json_string(cfg->path));
-    json_object_set_new(ev, "pid", json_integer(g->pid));
+    json_t *ev = sp_audit_new(SP_AUDIT_APP_START, "gateway-start", true, "sallyport");
+    sp_audit_set_unmapped(ev, "config", json_string(cfg->path));
+    sp_audit_set_unmapped(ev, "pid", json_integer(g->pid));
     sp_audit_emit(ev);
     sp_info("sallyport serving: postgres on %s:%d, %d workers, pid %d",
             cfg->pg_listen_host ? cfg->pg_listen_host : "-", cfg->pg_listen_port, g->n_workers,
@@ -679,7 +694,7 @@ int sp_serve(const char *config_path)
     for (int i = 0; i < srv.gw.n_workers; i++)
         sp_worker_join(&srv.gw.workers[i]);
     sp_info("all sessions ended; recordings sealed; stopping");
-    json_t *ev = sp_audit_new(SP_AUDIT_USER_ACCESS, "gateway-stop", true, "sallyport");
+    json_t *ev = sp_audit_new(SP_AUDIT_APP_STOP, "gateway-stop", true, "sallyport");
     sp_audit_emit(ev);
     sp_audit_close();
     sp_lease_mgr_free(srv.gw.leases);

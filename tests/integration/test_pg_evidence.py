@@ -66,9 +66,17 @@ def test_audit_trail_has_real_reasons_and_no_secrets(gateway, new_name):
     assert token not in text and token.split("_")[2] not in text, "a token reached the audit"
     assert "phi-marker-4471" not in text, "statement text (PHI) reached the audit trail"
 
-    def find(activity, user, status):
-        return [e for e in lines if e.get("activity_name") == activity and e.get("status") == status
-                and e.get("user", {}).get("name") == user]
+    # OCSF 1.8.0: (class_uid, activity_id) per sallyport event code in metadata.event_code.
+    ocsf = {"logon": (3002, 1), "session-start": (6005, 3), "session-end": (3002, 2)}
+
+    def find(code, user, status):
+        found = [e for e in lines if e.get("metadata", {}).get("event_code") == code
+                 and e.get("status") == status and e.get("user", {}).get("name") == user]
+        for e in found:
+            cls, act = ocsf[code]
+            assert (e["class_uid"], e["activity_id"], e["type_uid"]) == (cls, act, cls * 100 + act)
+            assert e["metadata"]["version"] == "1.8.0"
+        return found
     assert [e for e in find("logon", name, "Failure") if e.get("status_detail") == "wrong-token"]
     assert [e for e in find("logon", ghost, "Failure")
             if e.get("status_detail") == "unknown-identity"]
