@@ -22,7 +22,7 @@
 /* The CLI's actor name in the audit trail (DESIGN.md: "Who is acting"). */
 #define CLI_ACTOR "local-admin"
 
-#define CLI_MAX_POSITIONAL 4
+#define CLI_MAX_POSITIONAL 64 /* verify SESSION... */
 
 typedef struct cli_opt {
     const char *name; /* long name without dashes: "ttl" for --ttl */
@@ -111,5 +111,9 @@ int cmd_cred_list(cli_ctx *ctx, cli_args *a);
 int cmd_sessions(cli_ctx *ctx, cli_args *a);
 int cmd_kill(cli_ctx *ctx, cli_args *a);
 int cmd_replay(cli_ctx *ctx, cli_args *a);
+int cmd_keys_init(cli_ctx *ctx, cli_args *a);
+int cmd_keys_rotate(cli_ctx *ctx, cli_args *a);
+int cmd_keys_show(cli_ctx *ctx, cli_args *a);
+int cmd_verify(cli_ctx *ctx, cli_args *a);
 
 #endif

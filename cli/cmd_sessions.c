@@ -6,6 +6,7 @@
 
 #include "cli/cli.h"
 #include "common/util.h"
+#include "recorder/keys.h"
 #include "replay/replay.h"
 
 #define SESSIONS_DEFAULT_LIMIT 50
@@ -106,13 +107,32 @@ int cmd_kill(cli_ctx *ctx, cli_args *a)
     return CLI_OK;
 }
 
+/* --from: "HH:MM:SS[.mmm]" as replay prints offsets, or a duration ("42m"). */
+static int parse_offset(const char *s, int64_t *us)
+{
+    unsigned h, m;
+    double sec;
+    char tail;
+    if (sscanf(s, "%u:%u:%lf%c", &h, &m, &sec, &tail) == 3 && m < 60 && sec >= 0 && sec < 60) {
+        *us = ((int64_t)h * 3600 + m * 60) * 1000000 + (int64_t)(sec * 1e6);
+        return 0;
+    }
+    return sp_parse_duration(s, us);
+}
+
 int cmd_replay(cli_ctx *ctx, cli_args *a)
 {
     char err[512];
     sp_session_row r;
+    int64_t from_us = 0;
     int rc = cli_need_args(ctx, a, 1, "SESSION");
     if (rc != CLI_OK)
         return rc;
+    const char *from = cli_opt_value(a, "from");
+    if (from && parse_offset(from, &from_us) < 0)
+        return cli_usage(ctx, "--from \"%s\" is not an offset like 00:42:00 or 42m", from);
+    if (sp_rec_keys_init_readonly(ctx->cfg, NULL, err, sizeof(err)) < 0)
+        return cli_fail(ctx, "%s", err);
     if (sp_store_session_find(ctx->store, a->pos[0], &r, err, sizeof(err)) != 0)
         return cli_fail(ctx, "%s", err);
     if (!r.recording_path[0])
@@ -120,7 +140,7 @@ int cmd_replay(cli_ctx *ctx, cli_args *a)
     /* Recordings hold PHI: the viewing is audited before anything is shown. */
     emit_session_event(SP_AUDIT_DATASTORE_ACTIVITY, "View Recording", true, &r, NULL);
     fflush(stdout);
-    if (sp_replay_timeline(r.recording_path, stdout, cli_flag(a, "json")) != 0)
+    if (sp_replay_timeline_from(r.recording_path, stdout, cli_flag(a, "json"), from_us) != 0)
         return cli_fail(ctx, "cannot replay session %s from %s (see above)", r.id,
                         r.recording_path);
     return CLI_OK;

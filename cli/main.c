@@ -22,6 +22,9 @@ static cli_opt opts_reason[] = {{.name = "reason", .has_value = true}};
 static cli_opt opts_grant[] = {{.name = "ttl", .has_value = true},
                                {.name = "reason", .has_value = true}};
 static cli_opt opts_ttl[] = {{.name = "ttl", .has_value = true}};
+static cli_opt opts_replay[] = {{.name = "json"}, {.name = "from", .has_value = true}};
+static cli_opt opts_verify[] = {
+    {.name = "all"}, {.name = "json"}, {.name = "public-key", .has_value = true}};
 static cli_opt opts_sessions[] = {
     {.name = "live"}, {.name = "json"}, {.name = "limit", .has_value = true}};
 
@@ -234,7 +237,7 @@ const cli_command cli_commands[] = {
      OPTS(opts_reason)},
 
     {.name = "replay",
-     .synopsis = "SESSION [--json]",
+     .synopsis = "SESSION [--from HH:MM:SS] [--json]",
      .summary = "show a session's query timeline",
      .help = "Print the recorded query timeline of SESSION (an id, or a unique start or end\n"
              "of one): each statement with its time offset, duration and outcome, then how the\n"
@@ -242,10 +245,75 @@ const cli_command cli_commands[] = {
              "each viewing is recorded in the audit trail.\n"
              "\n"
              "Options:\n"
-             "  --json  JSON lines instead of text",
+             "  --from HH:MM:SS  start at this offset from the session start (also 42m,\n"
+             "                   90s); seeks by the recording's index, so it is fast at any\n"
+             "                   point of a long session\n"
+             "  --json           JSON lines instead of text",
      .audited = true,
      .needs_store = true,
      .run = cmd_replay,
+     OPTS(opts_replay)},
+
+    {.name = "verify",
+     .synopsis = "SESSION... | --all [--json] [--public-key FILE]",
+     .summary = "check recordings are complete and untampered",
+     .help = "Check each recording against its signed trailer, its hash chain and the\n"
+             "sessions index, and report one of:\n"
+             "  sealed-ok        signed trailer good, every chunk present and in order\n"
+             "  unsealed-intact  no trailer (live, or the gateway stopped), every chunk\n"
+             "                   present is authentic and as many as the index recorded\n"
+             "  missing          in the sessions index, not on disk\n"
+             "  tampered         with the first bad chunk and why (altered, missing,\n"
+             "                   duplicated or reordered chunks, a cut file)\n"
+             "  unsigned         an old format-1 recording: never verifies as ok\n"
+             "Integrity needs only the gateway's public key; with the master key readable\n"
+             "every chunk is also decrypted. Each check is recorded in the audit trail.\n"
+             "Exit status 1 if any recording is not sealed-ok or unsealed-intact.\n"
+             "\n"
+             "Options:\n"
+             "  --all              every session in the index\n"
+             "  --public-key FILE  the PEM public key from `sallyport keys show` (default:\n"
+             "                     derived from signing_key_file)\n"
+             "  --json             one JSON array instead of text",
+     .audited = true,
+     .needs_store = true,
+     .run = cmd_verify,
+     OPTS(opts_verify)},
+
+    {.name = "keys init",
+     .synopsis = "",
+     .summary = "create the recording master key and signing key",
+     .help = "Create master_key_file (a 32-byte master key with its id) and\n"
+             "signing_key_file (an Ed25519 private key, PEM), each mode 0600, whichever\n"
+             "does not exist yet; existing files are checked and kept. The gateway refuses\n"
+             "to start without both: every recording is encrypted and signed.",
+     .audited = true,
+     .needs_store = true,
+     .run = cmd_keys_init,
+     OPTS(opts_none)},
+
+    {.name = "keys rotate",
+     .synopsis = "",
+     .summary = "add a new master key and make it current",
+     .help = "Append a new master key to master_key_file and make it the current one. Old\n"
+             "keys stay in the file so old recordings still open; nothing is re-encrypted.\n"
+             "The gateway uses the new key for recordings started after its next start.",
+     .audited = true,
+     .needs_store = true,
+     .run = cmd_keys_rotate,
+     OPTS(opts_none)},
+
+    {.name = "keys show",
+     .synopsis = "[--json]",
+     .summary = "print the signing public key and the master key ids",
+     .help = "Print the public half of the signing key (PEM) with its id, for auditors\n"
+             "who run `sallyport verify --public-key`, and the ids of the master keys\n"
+             "(never the keys).\n"
+             "\n"
+             "Options:\n"
+             "  --json  one JSON object instead of text",
+     .needs_store = true,
+     .run = cmd_keys_show,
      OPTS(opts_json)},
 
     {.name = "version",

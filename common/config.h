@@ -69,6 +69,8 @@ typedef struct sp_config {
     char *recordings_dir;
     char *audit_dir;
     char *gateway_secret_file; /* 32+ random bytes, owner-only: fake salts, internal keys */
+    char *master_key_file;     /* recording master keys (owner-only; `sallyport keys init`) */
+    char *signing_key_file;    /* Ed25519 key that signs recording trailers (owner-only PEM) */
     int64_t flush_interval;    /* us */
     int max_client_conn;
     int64_t handshake_timeout;  /* us: TLS + startup + authentication */
