@@ -54,6 +54,8 @@ store = sqlite:state/store.db
 recordings_dir = state/recordings
 audit_dir = state/audit
 gateway_secret_file = secret
+master_key_file = master.keys
+signing_key_file = signing.pem
 log_level = warn
 
 [target clinic]
@@ -68,6 +70,7 @@ admin_dsn_file = admin.dsn
 targets = clinic
 db_roles = phi_read
 INI
+"$BIN" -c "$STATE/sallyport.ini" keys init >/dev/null
 "$BIN" serve -c "$STATE/sallyport.ini" 2>"$STATE/gateway.log" &
 GWPID=$!
 for _ in $(seq 50); do (echo >/dev/tcp/127.0.0.1/"$GWPORT") 2>/dev/null && break; sleep 0.1; done

@@ -22,7 +22,7 @@
 /* The CLI's actor name in the audit trail (DESIGN.md: "Who is acting"). */
 #define CLI_ACTOR "local-admin"
 
-#define CLI_MAX_POSITIONAL 64 /* audit verify takes a list of files */
+#define CLI_MAX_POSITIONAL 64 /* verify SESSION..., audit verify FILE... */
 
 typedef struct cli_opt {
     const char *name; /* long name without dashes: "ttl" for --ttl */
@@ -117,5 +117,9 @@ int cmd_ca_init(cli_ctx *ctx, cli_args *a);
 int cmd_ca_show(cli_ctx *ctx, cli_args *a);
 int cmd_export(cli_ctx *ctx, cli_args *a);
 int cmd_audit_verify(cli_ctx *ctx, cli_args *a);
+int cmd_keys_init(cli_ctx *ctx, cli_args *a);
+int cmd_keys_rotate(cli_ctx *ctx, cli_args *a);
+int cmd_keys_show(cli_ctx *ctx, cli_args *a);
+int cmd_verify(cli_ctx *ctx, cli_args *a);
 
 #endif

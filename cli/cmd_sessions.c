@@ -8,6 +8,7 @@
 
 #include "cli/cli.h"
 #include "common/util.h"
+#include "recorder/keys.h"
 #include "replay/replay.h"
 
 #define SESSIONS_DEFAULT_LIMIT 50
@@ -112,14 +113,29 @@ int cmd_kill(cli_ctx *ctx, cli_args *a)
     return CLI_OK;
 }
 
+/* --from: "HH:MM:SS[.mmm]" as replay prints offsets, or a duration ("42m"). */
+static int parse_offset(const char *s, int64_t *us)
+{
+    unsigned h, m;
+    double sec;
+    char tail;
+    if (sscanf(s, "%u:%u:%lf%c", &h, &m, &sec, &tail) == 3 && m < 60 && sec >= 0 && sec < 60) {
+        *us = ((int64_t)h * 3600 + m * 60) * 1000000 + (int64_t)(sec * 1e6);
+        return 0;
+    }
+    return sp_parse_duration(s, us);
+}
+
 /* The session's recording: its path and the kind in its header ("" when unreadable; the
- * reader then says why). */
+ * reader then says why). Loads the recording keys to read it. */
 static int find_recording(cli_ctx *ctx, cli_args *a, sp_session_row *r, char *kind, size_t kindlen)
 {
     char err[512];
     int rc = cli_need_args(ctx, a, 1, "SESSION");
     if (rc != CLI_OK)
         return rc;
+    if (sp_rec_keys_init_readonly(ctx->cfg, NULL, err, sizeof(err)) < 0)
+        return cli_fail(ctx, "%s", err);
     if (sp_store_session_find(ctx->store, a->pos[0], r, err, sizeof(err)) != 0)
         return cli_fail(ctx, "%s", err);
     if (!r->recording_path[0])
@@ -158,6 +174,10 @@ int cmd_replay(cli_ctx *ctx, cli_args *a)
     sp_session_row r;
     char kind[16];
     sp_term_opts opts;
+    int64_t from_us = 0;
+    const char *from = cli_opt_value(a, "from");
+    if (from && parse_offset(from, &from_us) < 0)
+        return cli_usage(ctx, "--from \"%s\" is not an offset like 00:42:00 or 42m", from);
     int rc = find_recording(ctx, a, &r, kind, sizeof(kind));
     if (rc == CLI_OK)
         rc = terminal_opts(ctx, a, &opts);
@@ -170,6 +190,11 @@ int cmd_replay(cli_ctx *ctx, cli_args *a)
                          "--speed, --idle-limit and --no-wait play SSH sessions; session %s is "
                          "a PostgreSQL session",
                          r.id);
+    if (ssh && from)
+        return cli_usage(ctx,
+                         "--from seeks in PostgreSQL timelines; session %s is an SSH "
+                         "session",
+                         r.id);
     /* Recordings hold PHI: the viewing is audited before anything is shown. */
     emit_session_event(SP_AUDIT_DATASTORE_READ, "view-recording", true, &r, NULL, NULL);
     fflush(stdout);
@@ -178,7 +203,7 @@ int cmd_replay(cli_ctx *ctx, cli_args *a)
     else if (ssh)
         rc = sp_replay_terminal(r.recording_path, stdout, stderr, &opts);
     else
-        rc = sp_replay_timeline(r.recording_path, stdout, cli_flag(a, "json"));
+        rc = sp_replay_timeline_from(r.recording_path, stdout, cli_flag(a, "json"), from_us);
     if (rc != 0)
         return cli_fail(ctx, "cannot replay session %s from %s (see above)", r.id,
                         r.recording_path);

@@ -24,10 +24,13 @@ static cli_opt opts_grant[] = {{.name = "ttl", .has_value = true},
 static cli_opt opts_cred_issue[] = {
     {.name = "ttl", .has_value = true}, {.name = "ssh-key", .has_value = true}, {.name = "force"}};
 static cli_opt opts_ca_show[] = {{.name = "target-ca"}, {.name = "user-ca"}};
+static cli_opt opts_verify[] = {
+    {.name = "all"}, {.name = "json"}, {.name = "public-key", .has_value = true}};
 static cli_opt opts_sessions[] = {
     {.name = "live"}, {.name = "json"}, {.name = "limit", .has_value = true}};
 
 static cli_opt opts_replay[] = {{.name = "json"},
+                                {.name = "from", .has_value = true},
                                 {.name = "speed", .has_value = true},
                                 {.name = "idle-limit", .has_value = true},
                                 {.name = "no-wait"}};
@@ -257,7 +260,8 @@ const cli_command cli_commands[] = {
      OPTS(opts_reason)},
 
     {.name = "replay",
-     .synopsis = "SESSION [--json] [--speed N] [--idle-limit SECONDS] [--no-wait]",
+     .synopsis =
+         "SESSION [--from HH:MM:SS] [--json] [--speed N] [--idle-limit SECONDS] [--no-wait]",
      .summary = "show a session: query timeline or terminal",
      .help = "Show the recording of SESSION (an id, or a unique start or end of one), then\n"
              "how the session ended and whether the recording is sealed. Recordings hold\n"
@@ -274,6 +278,8 @@ const cli_command cli_commands[] = {
              "escaped.\n"
              "\n"
              "Options:\n"
+             "  --from HH:MM:SS        PostgreSQL: start at this offset from the session start\n"
+             "                         (also 42m, 90s); seeks by the recording's index\n"
              "  --json                 JSON lines instead of text (an SSH session: the\n"
              "                         raw event list, as `export --format json`)\n"
              "  --speed N              SSH: play N times as fast (default 1)\n"
@@ -361,6 +367,67 @@ const cli_command cli_commands[] = {
              "  sallyport audit verify --checkpoints /var/log/auth.log",
      .run = cmd_audit_verify,
      OPTS(opts_audit_verify)},
+    {.name = "verify",
+     .synopsis = "SESSION... | --all [--json] [--public-key FILE]",
+     .summary = "check recordings are complete and untampered",
+     .help = "Check each recording against its signed trailer, its hash chain and the\n"
+             "sessions index, and report one of:\n"
+             "  sealed-ok        signed trailer good, every chunk present and in order\n"
+             "  unsealed-intact  no trailer (live, or the gateway stopped), every chunk\n"
+             "                   present is authentic and as many as the index recorded\n"
+             "  missing          in the sessions index, not on disk\n"
+             "  tampered         with the first bad chunk and why (altered, missing,\n"
+             "                   duplicated or reordered chunks, a cut file)\n"
+             "  unsigned         an old format-1 recording: never verifies as ok\n"
+             "Integrity needs only the gateway's public key; with the master key readable\n"
+             "every chunk is also decrypted. Each check is recorded in the audit trail.\n"
+             "Exit status 1 if any recording is not sealed-ok or unsealed-intact.\n"
+             "\n"
+             "Options:\n"
+             "  --all              every session in the index\n"
+             "  --public-key FILE  the PEM public key from `sallyport keys show` (default:\n"
+             "                     derived from signing_key_file)\n"
+             "  --json             one JSON array instead of text",
+     .audited = true,
+     .needs_store = true,
+     .run = cmd_verify,
+     OPTS(opts_verify)},
+
+    {.name = "keys init",
+     .synopsis = "",
+     .summary = "create the recording master key and signing key",
+     .help = "Create master_key_file (a 32-byte master key with its id) and\n"
+             "signing_key_file (an Ed25519 private key, PEM), each mode 0600, whichever\n"
+             "does not exist yet; existing files are checked and kept. The gateway refuses\n"
+             "to start without both: every recording is encrypted and signed.",
+     .audited = true,
+     .needs_store = true,
+     .run = cmd_keys_init,
+     OPTS(opts_none)},
+
+    {.name = "keys rotate",
+     .synopsis = "",
+     .summary = "add a new master key and make it current",
+     .help = "Append a new master key to master_key_file and make it the current one. Old\n"
+             "keys stay in the file so old recordings still open; nothing is re-encrypted.\n"
+             "The gateway uses the new key for recordings started after its next start.",
+     .audited = true,
+     .needs_store = true,
+     .run = cmd_keys_rotate,
+     OPTS(opts_none)},
+
+    {.name = "keys show",
+     .synopsis = "[--json]",
+     .summary = "print the signing public key and the master key ids",
+     .help = "Print the public half of the signing key (PEM) with its id, for auditors\n"
+             "who run `sallyport verify --public-key`, and the ids of the master keys\n"
+             "(never the keys).\n"
+             "\n"
+             "Options:\n"
+             "  --json  one JSON object instead of text",
+     .needs_store = true,
+     .run = cmd_keys_show,
+     OPTS(opts_json)},
 
     {.name = "version",
      .synopsis = "",

@@ -194,6 +194,9 @@ static int on_main(parse_ctx *p, int line, const char *k, const char *v)
     } else if (!strcmp(k, "gateway_secret_file")) {
         free(c->gateway_secret_file);
         c->gateway_secret_file = path_value(p, v);
+    } else if (!strcmp(k, "master_key_file")) {
+        free(c->master_key_file);
+        c->master_key_file = path_value(p, v);
     } else if (!strcmp(k, "flush_interval") || !strcmp(k, "handshake_timeout") ||
                !strcmp(k, "drain_timeout") || !strcmp(k, "lease_idle") ||
                !strcmp(k, "default_cred_ttl") || !strcmp(k, "store_outage_grace") ||
@@ -563,6 +566,7 @@ void sp_config_unref(sp_config *c)
     free(c->audit_dir);
     free(c->signing_key_file);
     free(c->gateway_secret_file);
+    free(c->master_key_file);
     free(c->session_notice);
     free(c->managed_group);
     free(c->log_level);

@@ -72,9 +72,11 @@ typedef struct sp_config {
     enum sp_audit_fsync audit_fsync;   /* line (default): fsync each audit line */
     int64_t audit_batch;               /* us: batch mode fsyncs a line within this long */
     int64_t audit_checkpoint_interval; /* us between signed audit checkpoints */
-    char *signing_key_file;            /* Ed25519 PEM private key, owner-only; NULL = none */
     char *gateway_secret_file;         /* 32+ random bytes, owner-only: fake salts, internal keys */
-    int64_t flush_interval;            /* us */
+    char *master_key_file;  /* recording master keys (owner-only; `sallyport keys init`) */
+    char *signing_key_file; /* Ed25519 key (owner-only PEM): recording trailers, audit
+                             * checkpoints */
+    int64_t flush_interval; /* us */
     int max_client_conn;
     int64_t handshake_timeout;  /* us: TLS + startup + authentication */
     int64_t drain_timeout;      /* us: SIGTERM grace for live sessions */

@@ -14,6 +14,7 @@
 #               the ephemeral roles cannot log in
 #   gateway.pem, gateway.key, gateway-ca.pem   the gateway's TLS certificate and its CA
 #   gateway.secret, admin.dsn                  owner-only secrets named by the config
+#   master.keys, signing.pem                   recording keys (`sallyport keys init`)
 #   sallyport.db, recordings/, audit/          the store, session recordings, audit trail
 #   sallyport.pid, sallyport.log               the running gateway
 # The gateway runs with conf/sallyport.ini, unchanged: its relative paths point here.
@@ -104,6 +105,9 @@ make_gateway_files() {
 
 start_gateway() {
     say "starting sallyport on 127.0.0.1:$GW_PORT"
+    # Recording keys (master key, signing key): made once, kept across runs (idempotent).
+    "$BIN" -c "$CONF" keys init >>"$QS/sallyport.log" 2>&1 ||
+        die "cannot create the recording keys; see $QS/sallyport.log"
     "$BIN" serve -c "$CONF" </dev/null >>"$QS/sallyport.log" 2>&1 &
     echo $! >"$QS/sallyport.pid"
     for _ in $(seq 1 100); do

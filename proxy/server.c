@@ -20,6 +20,8 @@
 #include "proxy/gateway.h"
 #include "proxy/worker_internal.h"
 #include "recorder/audit.h"
+#include "recorder/keys.h"
+#include "recorder/seal.h"
 
 #define WATCH_MS 500
 #define SWEEP_MS 2000
@@ -617,6 +619,8 @@ static int start(server *srv, const char *config_path)
         goto fail;
     if (sp_store_open(cfg->store_path, &g->store, err, sizeof(err)) < 0)
         goto fail;
+    if (sp_rec_keys_init(cfg, err, sizeof(err)) < 0)
+        goto fail;
     g->leases = sp_lease_mgr_new(g->store);
     if (!g->leases) {
         snprintf(err, sizeof(err), "cannot set up the lease manager");
@@ -630,6 +634,7 @@ static int start(server *srv, const char *config_path)
     if (sp_store_sessions_close_orphans(g->store, g->pid, sp_now_us(), "gateway-crashed",
                                         audit_orphan, NULL, err, sizeof(err)) < 0)
         sp_warn("cannot close sessions left by a previous gateway: %s", err);
+    sp_rec_seal_orphans(g->store);
     if (sp_lease_sweep(g->leases, cfg, sp_now_us(), true, audit_lease_drop, NULL, err,
                        sizeof(err)) < 0)
         sp_warn("start-up lease sweep incomplete: %s", err);

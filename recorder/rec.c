@@ -12,8 +12,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/crypto.h>
+
 #include "common/log.h"
 #include "common/util.h"
+#include "recorder/keys.h"
 #include "recorder/rec_format.h"
 
 #define REC_FSYNC_INTERVAL_US (5 * 1000000LL)
@@ -38,6 +41,14 @@ struct sp_rec {
     uint64_t events_total;
     uint64_t raw_total;
     uint64_t stored_total;
+    /* v2 integrity state */
+    uint8_t data_key[REC_KEY_LEN];
+    uint8_t header_hash[REC_HASH_LEN];
+    uint8_t chain[REC_HASH_LEN]; /* hash of the last stored block: the next chunk's prev */
+    uint64_t file_pos;           /* bytes written so far: the next block's offset */
+    sp_buf index;                /* REC_INDEX_ENTRY per chunk, for the trailer */
+    sp_buf summary;              /* identity metadata, repeated in the signed trailer */
+    int64_t started_at;
     bool failed;
     char error[PATH_MAX + 128];
     int64_t last_fsync_us; /* monotonic */
@@ -61,12 +72,6 @@ uint32_t rec_crc32c(uint32_t crc, const void *data, size_t len)
             crc = (crc >> 1) ^ (0x82F63B78u & (0u - (crc & 1u)));
     }
     return ~crc;
-}
-
-static void put_be16(uint8_t *p, uint16_t v)
-{
-    p[0] = (uint8_t)(v >> 8);
-    p[1] = (uint8_t)v;
 }
 
 static void put_be64(uint8_t *p, uint64_t v)
@@ -113,13 +118,8 @@ static int meta_put_str(sp_buf *b, enum rec_meta_tag tag, const char *s)
     return sp_buf_append(b, s, len);
 }
 
-static int rec_build_header(sp_buf *b, const sp_rec_meta *meta, size_t max_text)
+int rec_meta_strings(sp_buf *b, const sp_rec_meta *meta)
 {
-    if (sp_buf_append(b, SP_REC_MAGIC, REC_MAGIC_LEN) < 0 ||
-        sp_buf_append_be16(b, REC_VERSION) < 0 || sp_buf_append_be16(b, 0) < 0 ||
-        sp_buf_append_be32(b, 0) < 0)
-        return -1;
-    size_t meta_start = b->len;
     static const enum rec_meta_tag tags[] = {
         REC_META_SESSION_ID, REC_META_KIND,    REC_META_IDENTITY,   REC_META_TARGET,
         REC_META_DATABASE,   REC_META_DB_USER, REC_META_CLIENT_ADDR};
@@ -128,8 +128,57 @@ static int rec_build_header(sp_buf *b, const sp_rec_meta *meta, size_t max_text)
     for (size_t i = 0; i < SP_ARRAY_LEN(tags); i++)
         if (meta_put_str(b, tags[i], values[i]) < 0)
             return -1;
+    return 0;
+}
+
+/* A fresh data key for this recording, wrapped by the current master key. The session id is
+ * the wrap's associated data, so a wrapped key moved into another recording does not open. */
+static int rec_new_data_key(sp_rec *r, const char *session_id, uint8_t wrapped[REC_WRAPPED_KEY_LEN],
+                            char *err, size_t errlen)
+{
+    const char *id = rec_keys_current_id();
+    const uint8_t *master = id ? rec_keys_master(id) : NULL;
+    if (!master || !sp_rec_keys_can_write()) {
+        snprintf(err, errlen,
+                 "recording keys are not loaded (master_key_file, signing_key_file): "
+                 "recordings cannot be written");
+        return -1;
+    }
+    if (sp_random_bytes(r->data_key, REC_KEY_LEN) < 0 ||
+        sp_random_bytes(wrapped, REC_NONCE_LEN) < 0) {
+        snprintf(err, errlen, "the random number generator failed");
+        return -1;
+    }
+    uint8_t aad[sizeof(REC_WRAP_LABEL) + 64];
+    size_t idlen = strlen(session_id);
+    memcpy(aad, REC_WRAP_LABEL, sizeof(REC_WRAP_LABEL));
+    memcpy(aad + sizeof(REC_WRAP_LABEL), session_id, idlen);
+    memcpy(wrapped + REC_NONCE_LEN, r->data_key, REC_KEY_LEN);
+    if (rec_gcm_seal(master, wrapped, aad, sizeof(REC_WRAP_LABEL) + idlen, wrapped + REC_NONCE_LEN,
+                     REC_KEY_LEN, wrapped + REC_NONCE_LEN + REC_KEY_LEN) < 0) {
+        snprintf(err, errlen, "cannot wrap the recording's data key (AES-256-GCM failed)");
+        return -1;
+    }
+    return 0;
+}
+
+static int rec_build_header(sp_buf *b, const sp_rec_meta *meta, size_t max_text,
+                            const uint8_t wrapped[REC_WRAPPED_KEY_LEN])
+{
+    if (sp_buf_append(b, SP_REC_MAGIC, REC_MAGIC_LEN) < 0 ||
+        sp_buf_append_be16(b, REC_VERSION) < 0 || sp_buf_append_be16(b, 0) < 0 ||
+        sp_buf_append_be32(b, 0) < 0)
+        return -1;
+    size_t meta_start = b->len;
+    if (rec_meta_strings(b, meta) < 0)
+        return -1;
     if (sp_buf_append_u8(b, REC_META_STARTED_AT) < 0 || sp_buf_append_be16(b, 8) < 0 ||
         sp_buf_append_be64(b, (uint64_t)meta->started_at) < 0)
+        return -1;
+    if (meta_put_str(b, REC_META_MASTER_KEY_ID, rec_keys_current_id()) < 0 ||
+        sp_buf_append_u8(b, REC_META_WRAPPED_KEY) < 0 ||
+        sp_buf_append_be16(b, REC_WRAPPED_KEY_LEN) < 0 ||
+        sp_buf_append(b, wrapped, REC_WRAPPED_KEY_LEN) < 0)
         return -1;
     if (sp_buf_append_u8(b, REC_META_MAX_TEXT) < 0 || sp_buf_append_be16(b, 4) < 0 ||
         sp_buf_append_be32(b, (uint32_t)max_text) < 0)
@@ -212,7 +261,14 @@ sp_rec *sp_rec_create(const char *recordings_dir, const sp_rec_meta *meta, size_
         snprintf(err, errlen, "create recording %s: %s", r->path, strerror(errno));
         goto fail;
     }
-    if (rec_build_header(&header, meta, r->max_text) < 0) {
+    uint8_t wrapped[REC_WRAPPED_KEY_LEN];
+    if (rec_new_data_key(r, meta->session_id, wrapped, err, errlen) < 0)
+        goto fail_unlink;
+    sp_buf_init(&r->index, REC_TRAILER2_BODY_MAX);
+    sp_buf_init(&r->summary, REC_META_MAX);
+    r->started_at = meta->started_at;
+    if (rec_meta_strings(&r->summary, meta) < 0 ||
+        rec_build_header(&header, meta, r->max_text, wrapped) < 0) {
         snprintf(err, errlen, "recording header for %s: metadata too large", r->path);
         goto fail_unlink;
     }
@@ -220,6 +276,9 @@ sp_rec *sp_rec_create(const char *recordings_dir, const sp_rec_meta *meta, size_
         snprintf(err, errlen, "write %s: %s", r->path, strerror(errno));
         goto fail_unlink;
     }
+    rec_sha256(header.data, header.len, NULL, 0, r->header_hash);
+    memcpy(r->chain, r->header_hash, REC_HASH_LEN);
+    r->file_pos = header.len;
     sp_buf_free(&header);
     return r;
 
@@ -231,6 +290,9 @@ fail:
         close(r->fd);
     sp_buf_free(&header);
     sp_buf_free(&r->events);
+    sp_buf_free(&r->index);
+    sp_buf_free(&r->summary);
+    OPENSSL_cleanse(r->data_key, sizeof(r->data_key));
     free(r);
     return NULL;
 }
@@ -351,7 +413,7 @@ static int rec_write_chunk(sp_rec *r, ZSTD_CCtx *cctx, const uint8_t *raw, size_
                            uint32_t count)
 {
     size_t bound = ZSTD_compressBound(raw_len);
-    uint8_t *out = malloc(REC_CHUNK_HEADER + bound);
+    uint8_t *out = malloc(REC_CHUNK_HEADER + bound + REC_TAG_LEN);
     if (!out) {
         rec_fail(r, "out of memory compressing a chunk of", 0);
         return -1;
@@ -367,16 +429,37 @@ static int rec_write_chunk(sp_rec *r, ZSTD_CCtx *cctx, const uint8_t *raw, size_
     uint8_t *h = out;
     memcpy(h, REC_CHUNK_MAGIC, 4);
     sp_put_be32(h + 4, (uint32_t)r->chunks);
-    sp_put_be32(h + 8, (uint32_t)stored);
+    sp_put_be32(h + 8, (uint32_t)(stored + REC_TAG_LEN));
     sp_put_be32(h + 12, (uint32_t)raw_len);
     sp_put_be32(h + 16, count);
     memcpy(h + 20, raw + 4, 8); /* the first event's timestamp */
-    sp_put_be32(h + 28, rec_crc32c(0, out + REC_CHUNK_HEADER, stored));
-    sp_put_be32(h + 32, rec_crc32c(0, h, 32));
-    int rc = rec_write(r, out, REC_CHUNK_HEADER + stored);
+    memcpy(h + 28, r->chain, REC_HASH_LEN);
+    sp_put_be32(h + REC_CHUNK_AAD, rec_crc32c(0, h, REC_CHUNK_AAD));
+    uint8_t nonce[REC_NONCE_LEN];
+    rec_chunk_nonce(r->chunks, nonce);
+    if (rec_gcm_seal(r->data_key, nonce, h, REC_CHUNK_AAD, out + REC_CHUNK_HEADER, stored,
+                     out + REC_CHUNK_HEADER + stored) < 0) {
+        rec_fail(r, "encrypt a chunk of", 0);
+        free(out);
+        return -1;
+    }
+    stored += REC_TAG_LEN;
+    size_t block = REC_CHUNK_HEADER + stored;
+    uint8_t entry[REC_INDEX_ENTRY];
+    put_be64(entry, r->file_pos);
+    memcpy(entry + 8, raw + 4, 8);
+    if (sp_buf_append(&r->index, entry, sizeof(entry)) < 0) {
+        rec_fail(r, "out of memory indexing", 0);
+        free(out);
+        return -1;
+    }
+    int rc = rec_write(r, out, block);
+    if (rc == 0)
+        rec_sha256(out, block, NULL, 0, r->chain);
     free(out);
     if (rc < 0)
         return -1;
+    r->file_pos += block;
     r->chunks++;
     r->events_total += count;
     r->raw_total += raw_len;
@@ -473,26 +556,84 @@ int sp_rec_flush(sp_rec *r, ZSTD_CCtx *cctx, uv_loop_t *loop)
 
 /* ---- close ---- */
 
-static int rec_write_trailer(sp_rec *r, const char *reason)
+int rec_build_trailer(sp_buf *out, const rec_trailer_in *in, char *err, size_t errlen)
 {
-    size_t reason_len = reason ? strlen(reason) : 0;
+    size_t reason_len = in->reason ? strlen(in->reason) : 0;
     if (reason_len > REC_REASON_MAX)
         reason_len = REC_REASON_MAX;
-    uint8_t t[8 + REC_TRAILER_BODY_FIXED + REC_REASON_MAX + 4];
-    size_t body = REC_TRAILER_BODY_FIXED + reason_len;
-    memcpy(t, REC_TRAILER_MAGIC, 4);
-    sp_put_be32(t + 4, (uint32_t)body);
-    uint8_t *b = t + 8;
-    put_be64(b, r->chunks);
-    put_be64(b + 8, r->events_total);
-    put_be64(b + 16, r->raw_total);
-    put_be64(b + 24, r->stored_total);
-    put_be64(b + 32, (uint64_t)sp_now_us());
-    put_be16(b + 40, (uint16_t)reason_len);
-    if (reason_len)
-        memcpy(b + 42, reason, reason_len);
-    sp_put_be32(t + 8 + body, rec_crc32c(0, t, 8 + body));
-    return rec_write(r, t, 8 + body + 4);
+    size_t summary_len = in->summary_len + (reason_len ? 3 + reason_len : 0);
+    uint64_t body =
+        REC_TRAILER2_FIXED + 2 + summary_len + 4 + (uint64_t)in->index_count * REC_INDEX_ENTRY;
+    if (summary_len > UINT16_MAX || body > REC_TRAILER2_BODY_MAX) {
+        snprintf(err, errlen, "trailer too large (%llu chunks)", (unsigned long long)in->chunks);
+        return -1;
+    }
+    size_t start = out->len;
+    int bad = sp_buf_append(out, REC_TRAILER_MAGIC, 4) < 0 ||
+              sp_buf_append_be32(out, (uint32_t)body) < 0 ||
+              sp_buf_append_be64(out, in->chunks) < 0 || sp_buf_append_be64(out, in->events) < 0 ||
+              sp_buf_append_be64(out, in->raw) < 0 || sp_buf_append_be64(out, in->stored) < 0 ||
+              sp_buf_append_be64(out, (uint64_t)in->started_at) < 0 ||
+              sp_buf_append_be64(out, (uint64_t)in->ended_at) < 0 ||
+              sp_buf_append(out, in->header_hash, REC_HASH_LEN) < 0 ||
+              sp_buf_append(out, in->chain_head, REC_HASH_LEN) < 0 ||
+              sp_buf_append_be16(out, (uint16_t)summary_len) < 0 ||
+              sp_buf_append(out, in->summary, in->summary_len) < 0;
+    if (!bad && reason_len)
+        bad = sp_buf_append_u8(out, REC_META_END_REASON) < 0 ||
+              sp_buf_append_be16(out, (uint16_t)reason_len) < 0 ||
+              sp_buf_append(out, in->reason, reason_len) < 0;
+    if (!bad)
+        bad = sp_buf_append_be32(out, (uint32_t)in->index_count) < 0 ||
+              sp_buf_append(out, in->index, in->index_count * REC_INDEX_ENTRY) < 0 ||
+              sp_buf_reserve(out, REC_SIGNER_ID_LEN + REC_SIG_LEN + REC_FOOTER_LEN) < 0;
+    if (bad) {
+        snprintf(err, errlen, "out of memory building the trailer");
+        return -1;
+    }
+    uint8_t sig[REC_SIG_LEN], signer[REC_SIGNER_ID_LEN];
+    if (rec_keys_sign(out->data + start, out->len - start, sig, signer) < 0) {
+        snprintf(err, errlen, "cannot sign the trailer: no signing key loaded");
+        return -1;
+    }
+    sp_buf_append(out, signer, sizeof(signer));
+    sp_buf_append(out, sig, sizeof(sig));
+    sp_buf_append_be64(out, in->offset);
+    sp_buf_append(out, REC_FOOTER_MAGIC, 8);
+    return 0;
+}
+
+static int rec_write_trailer(sp_rec *r, const char *reason)
+{
+    if (r->failed)
+        return -1;
+    rec_trailer_in in = {.chunks = r->chunks,
+                         .events = r->events_total,
+                         .raw = r->raw_total,
+                         .stored = r->stored_total,
+                         .started_at = r->started_at,
+                         .ended_at = sp_now_us(),
+                         .header_hash = r->header_hash,
+                         .chain_head = r->chain,
+                         .summary = r->summary.data,
+                         .summary_len = r->summary.len,
+                         .reason = reason,
+                         .index = r->index.data,
+                         .index_count = r->index.len / REC_INDEX_ENTRY,
+                         .offset = r->file_pos};
+    sp_buf t;
+    sp_buf_init(&t, REC_TRAILER2_BODY_MAX + 1024);
+    char why[256];
+    int rc;
+    if (rec_build_trailer(&t, &in, why, sizeof(why)) < 0) {
+        snprintf(r->error, sizeof(r->error), "seal %.3900s: %.200s", r->path, why);
+        r->failed = true;
+        rc = -1;
+    } else {
+        rc = rec_write(r, t.data, t.len);
+    }
+    sp_buf_free(&t);
+    return rc;
 }
 
 /* Nothing may touch the descriptor after it is closed: detach a periodic fsync in flight. */
@@ -501,6 +642,9 @@ static void rec_free(sp_rec *r)
     if (r->fsync_pending)
         r->fsync_pending->rec = NULL;
     sp_buf_free(&r->events);
+    sp_buf_free(&r->index);
+    sp_buf_free(&r->summary);
+    OPENSSL_cleanse(r->data_key, sizeof(r->data_key));
     free(r);
 }
 

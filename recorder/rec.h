@@ -26,6 +26,7 @@
 #define SP_REC_MAX_FIELDS 16
 #define SP_REC_BUFFER_FLUSH (64 * 1024) /* raw bytes that trigger an early flush */
 #define SP_REC_MAX_CHUNK_RAW (4 * 1024 * 1024)
+#define REC_CHECK_REASON_MAX 1025
 
 /* Event types. Numbers are part of the file format: never reuse one. */
 enum sp_rec_type {
@@ -148,5 +149,30 @@ const char *sp_rec_reader_note(const sp_rec_reader *r);
 /* Whole chunks read so far. */
 uint64_t sp_rec_reader_chunks(const sp_rec_reader *r);
 void sp_rec_reader_close(sp_rec_reader *r);
+/* When damaged: the number of the first chunk found bad. */
+uint64_t sp_rec_reader_bad_chunk(const sp_rec_reader *r);
+/* Before the first sp_rec_reader_next: go to the last chunk whose first event is at or before
+ * ts_us, by the trailer's seek index (sealed v2), else by walking the chunk headers (which are
+ * in clear) without decrypting or decompressing. Events before ts_us in that chunk are still
+ * returned. -1 (err) if the index points at no chunk. */
+int sp_rec_reader_seek(sp_rec_reader *r, int64_t ts_us, char *err, size_t errlen);
+
+/* ---- integrity (sallyport verify) ---- */
+typedef struct sp_rec_check {
+    enum sp_rec_state state;
+    int version;          /* 1 never verifies ok: not encrypted, not signed */
+    bool content_checked; /* every chunk was decrypted and authenticated (master key) */
+    int signature;        /* sealed v2: 1 good, 0 bad, -1 not checked (no public key) */
+    uint64_t chunks;      /* whole authentic chunks (damaged: those before the bad one) */
+    uint64_t events;
+    uint64_t bad_chunk; /* damaged: the first bad chunk */
+    sp_rec_header header;
+    char end_reason[REC_CHECK_REASON_MAX];
+    char note[256]; /* as sp_rec_reader_note */
+} sp_rec_check;
+/* Walk the whole file: the hash chain and the signed trailer, which need only the public key;
+ * with content, also decrypt and decode every chunk (needs the master key). Returns -1 (err)
+ * only when the file cannot be opened as a recording at all. */
+int sp_rec_check_file(const char *path, bool content, sp_rec_check *out, char *err, size_t errlen);
 
 #endif

@@ -45,6 +45,7 @@ typedef struct timeline {
     FILE *out;
     bool json;
     int64_t start_us;
+    int64_t from_us; /* absolute: statements sent earlier are not shown (--from) */
     stmt *pending;
     size_t n_pending;
     size_t cap_pending;
@@ -477,9 +478,10 @@ static void finish_stmt(timeline *t, const result *res)
     result r = *res;
     if (r.rows < 0 && !r.error && st->rows_seen > 0)
         r.rows = (long long)st->rows_seen;
-    if (t->json)
+    bool shown = began >= t->from_us;
+    if (shown && t->json)
         print_json(t, st, began, &r);
-    else
+    else if (shown)
         print_text(t, st, began, &r);
     if (res->end_us)
         t->last_end_us = res->end_us;
@@ -490,6 +492,8 @@ static void finish_stmt(timeline *t, const result *res)
 static void print_note(timeline *t, const sp_rec_ev *ev)
 {
     char off[32];
+    if (ev->ts_us < t->from_us)
+        return;
     format_offset(ev->ts_us - t->start_us, off, sizeof(off));
     const sp_rec_field *f = ev->n_fields ? &ev->fields[0] : NULL;
     if (t->json) {
@@ -709,6 +713,11 @@ static void timeline_free(timeline *t)
 
 int sp_replay_timeline(const char *path, FILE *out, bool json)
 {
+    return sp_replay_timeline_from(path, out, json, 0);
+}
+
+int sp_replay_timeline_from(const char *path, FILE *out, bool json, int64_t from_us)
+{
     char err[512];
     sp_rec_reader *rd = sp_rec_reader_open(path, err, sizeof(err));
     if (!rd) {
@@ -717,6 +726,14 @@ int sp_replay_timeline(const char *path, FILE *out, bool json)
     }
     const sp_rec_header *h = sp_rec_reader_header(rd);
     timeline t = {.out = out, .json = json, .start_us = h->started_at};
+    if (from_us > 0) {
+        t.from_us = h->started_at + from_us;
+        if (sp_rec_reader_seek(rd, t.from_us, err, sizeof(err)) < 0) {
+            fprintf(stderr, "replay: %s: %s\n", path, err);
+            sp_rec_reader_close(rd);
+            return 1;
+        }
+    }
     print_header(&t, h);
     sp_rec_ev ev;
     int rc;

@@ -1,11 +1,25 @@
 /* libFuzzer target: the recording reader must never crash, over-read or loop on any input.
- * Seeds in tests/fuzz/corpus/recording/ are small valid recordings (sealed, unsealed). */
+ * Seeds in tests/fuzz/corpus/recording/ are small valid recordings (sealed, unsealed) written
+ * under FUZZ_MASTER_KEYS by tests/fuzz/make_recording_seeds.c, so the fuzzer reaches
+ * decryption, decompression and event decoding (fuzzing builds skip the authentication
+ * checks, see rec_read.c). */
 #include <stddef.h>
 #include <stdint.h>
 
+#include "recorder/keys.h"
 #include "recorder/rec.h"
+#include "tests/fuzz/fuzz_recording_keys.h"
 
+int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+int LLVMFuzzerInitialize(int *argc, char ***argv)
+{
+    (void)argc;
+    (void)argv;
+    char err[256];
+    return sp_rec_keys_load_text(FUZZ_MASTER_KEYS, NULL, err, sizeof(err));
+}
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {

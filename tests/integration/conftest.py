@@ -178,6 +178,7 @@ class Gateway:
             f"sslrootcert={self.pg.ca}\n",
         )
         self.write_config()
+        self.cli("keys", "init")
 
     def write_config(self):
         lines = [
@@ -190,6 +191,8 @@ class Gateway:
             "recordings_dir = recordings",
             "audit_dir = audit",
             "gateway_secret_file = gateway.secret",
+            "master_key_file = master.keys",
+            "signing_key_file = signing.pem",
             "flush_interval = 1s",
             "handshake_timeout = 10s",
             "drain_timeout = 5s",

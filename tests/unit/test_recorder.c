@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "rec_test_keys.h"
 #include "recorder/rec.h"
 
 #define T0 1796300000000000LL /* 2026-12-03 */
@@ -151,7 +152,7 @@ static void test_round_trip(void **state)
     sp_rec_reader *rd = sp_rec_reader_open(path, err, sizeof(err));
     assert_non_null(rd);
     const sp_rec_header *h = sp_rec_reader_header(rd);
-    assert_int_equal(h->version, 1);
+    assert_int_equal(h->version, 2);
     assert_string_equal(h->session_id, f->meta.session_id);
     assert_string_equal(h->kind, "postgres");
     assert_string_equal(h->identity, "alice@example.org");
@@ -249,9 +250,9 @@ static size_t chunk_offset(const uint8_t *data, size_t len, int no)
     size_t meta_len = sp_get_be32(data + 11);
     size_t off = 7 + 2 + 2 + 4 + meta_len + 4;
     for (int i = 0; i < no; i++) {
-        assert_true(off + 36 <= len);
+        assert_true(off + 64 <= len);
         assert_memory_equal(data + off, "SPCK", 4);
-        off += 36 + sp_get_be32(data + off + 8);
+        off += 64 + sp_get_be32(data + off + 8);
     }
     return off;
 }
@@ -268,13 +269,13 @@ static void test_damage_is_reported(void **state)
 
     /* A flipped byte in chunk 1's stored bytes: chunk 0's events, then damage at chunk 1. */
     size_t c1 = chunk_offset(data, len, 1);
-    data[c1 + 40] ^= 0x55;
+    data[c1 + 70] ^= 0x55;
     assert_int_equal(read_events(data, len, &st, &rc, err, sizeof(err)), 2);
     assert_int_equal(rc, -1);
     assert_int_equal(st, SP_REC_DAMAGED);
     assert_non_null(strstr(err, "chunk 1"));
-    assert_non_null(strstr(err, "checksum"));
-    data[c1 + 40] ^= 0x55;
+    assert_non_null(strstr(err, "does not authenticate"));
+    data[c1 + 70] ^= 0x55;
 
     /* A flipped byte in chunk 2's header. */
     size_t c2 = chunk_offset(data, len, 2);
@@ -533,5 +534,5 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_close_with_fsync_pending, setup, teardown),
         cmocka_unit_test_setup_teardown(test_write_failure, setup, teardown),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return cmocka_run_group_tests(tests, rec_test_keys_setup, rec_test_keys_teardown);
 }

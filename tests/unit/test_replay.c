@@ -11,6 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "rec_test_keys.h"
 #include "recorder/rec.h"
 #include "replay/replay.h"
 
@@ -224,12 +225,16 @@ static void test_timeline_damaged_and_missing(void **state)
 {
     fixture *f = *state;
     write_session(f, true);
-    /* damage the last chunk's stored bytes (the trailer is 66 bytes): the first two chunks
-     * still print */
+    /* damage the last chunk's stored bytes (just before the trailer, which the footer's
+     * offset names): the first two chunks still print */
     FILE *fp = fopen(f->path, "r+b");
-    fseek(fp, -120, SEEK_END);
+    uint8_t footer[16];
+    fseek(fp, -16, SEEK_END);
+    assert_int_equal(fread(footer, 1, sizeof(footer), fp), sizeof(footer));
+    long trailer = (long)sp_get_be64(footer);
+    fseek(fp, trailer - 20, SEEK_SET);
     int c = fgetc(fp);
-    fseek(fp, -120, SEEK_END);
+    fseek(fp, trailer - 20, SEEK_SET);
     fputc(c ^ 0xff, fp);
     fclose(fp);
     int rc;
@@ -237,9 +242,9 @@ static void test_timeline_damaged_and_missing(void **state)
     assert_int_equal(rc, 1);
     assert_non_null(strstr(text, "delete from audit_log  error 42501"));
     assert_null(strstr(text, "create table"));
-    assert_non_null(strstr(text,
-                           "end: unknown (the recording has no end)\n"
-                           "recording: damaged at chunk 2 at offset 640: checksum mismatch\n"));
+    assert_non_null(strstr(text, "end: unknown (the recording has no end)\n"
+                                 "recording: damaged at chunk 2 at offset "));
+    assert_non_null(strstr(text, ": does not authenticate (its bytes were altered)\n"));
     free(text);
 
     char missing[600];
@@ -258,5 +263,5 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_timeline_json, setup, teardown),
         cmocka_unit_test_setup_teardown(test_timeline_damaged_and_missing, setup, teardown),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return cmocka_run_group_tests(tests, rec_test_keys_setup, rec_test_keys_teardown);
 }

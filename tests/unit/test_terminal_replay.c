@@ -15,6 +15,7 @@
 
 #include "recorder/rec.h"
 #include "replay/replay.h"
+#include "rec_test_keys.h"
 
 #define T0 1796300000000000LL /* 2026-12-03T12:13:20Z */
 #define MS 1000LL
@@ -413,5 +414,5 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_timed_playback, setup, teardown),
         cmocka_unit_test(test_utf8_at),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return cmocka_run_group_tests(tests, rec_test_keys_setup, rec_test_keys_teardown);
 }
