@@ -727,6 +727,42 @@ out:
     return ret;
 }
 
+typedef struct cred_liveness {
+    sp_credential c;
+    uint8_t stored_key[SP_SCRAM_KEY_LEN];
+} cred_liveness;
+
+static void cred_liveness_from_row(sqlite3_stmt *st, void *row)
+{
+    cred_liveness *out = row;
+    cred_from_row(st, &out->c);
+    column_blob(st, 6, out->stored_key, sizeof(out->stored_key));
+}
+
+int sp_store_cred_live(sp_store *s, const char *id, const char *identity, int64_t now,
+                       const uint8_t cert_sha256[SP_SCRAM_KEY_LEN], char *err, size_t errlen)
+{
+    cred_liveness row;
+    int rc = get_one(s, "SELECT " CRED_COLUMNS ", stored_key FROM credentials WHERE id = ?", id,
+                     cred_liveness_from_row, &row, "no credential with id",
+                     "cannot read a credential", err, errlen);
+    if (rc != 0)
+        return rc;
+    rc = SP_STORE_NOT_FOUND;
+    if (strcmp(row.c.identity, identity) != 0)
+        snprintf(err, errlen, "credential %s belongs to %s, not to %s", row.c.id, row.c.identity,
+                 identity);
+    else if (row.c.revoked_at)
+        snprintf(err, errlen, "credential %s is revoked", row.c.id);
+    else if (row.c.expires_at && row.c.expires_at <= now)
+        snprintf(err, errlen, "credential %s has expired", row.c.id);
+    else if (cert_sha256 && !sp_memeq_ct(row.stored_key, cert_sha256, SP_SCRAM_KEY_LEN))
+        snprintf(err, errlen, "credential %s was issued for another certificate", row.c.id);
+    else
+        rc = 0;
+    return rc;
+}
+
 int sp_store_creds_list(sp_store *s, const char *identity,
                         void (*fn)(const sp_credential *c, void *arg), void *arg, char *err,
                         size_t errlen)

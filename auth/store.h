@@ -103,11 +103,21 @@ int sp_store_tokens_live(sp_store *s, const char *identity, int64_t now, sp_toke
 /* Revoking a revoked credential changes nothing and returns 0. */
 int sp_store_cred_revoke(sp_store *s, const char *id, int64_t now, char *err, size_t errlen);
 
+/* May credential `id` of `identity` start a session at `now`: it exists, belongs to identity,
+ * is not revoked and not expired? For an "ssh-cert" credential (whose stored_key column holds
+ * the SHA-256 of the certificate blob, server_key zeros) pass cert_sha256 to check also that
+ * the credential was issued for exactly this certificate; NULL skips that. The SSH engine calls
+ * it with the id from the certificate's key id "IDENTITY cred=<id>", so a revoked certificate
+ * is refused before it expires. 0 live; SP_STORE_NOT_FOUND with err saying why not (unknown,
+ * another identity's, revoked, expired, another certificate); -1 on a store error. */
+int sp_store_cred_live(sp_store *s, const char *id, const char *identity, int64_t now,
+                       const uint8_t cert_sha256[SP_SCRAM_KEY_LEN], char *err, size_t errlen);
+
 /* What `cred list` shows: never keys. */
 typedef struct sp_credential {
     char id[SP_CRED_ID_LEN];
     char identity[SP_NAME_MAX];
-    char kind[16]; /* "token" */
+    char kind[16]; /* "token" | "ssh-cert" */
     int64_t created_at;
     int64_t expires_at;
     int64_t revoked_at; /* 0 = not revoked */

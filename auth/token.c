@@ -12,7 +12,7 @@
 static const char ID_ALPHABET[] = "abcdefghijklmnopqrstuvwxyz0123456789";
 
 /* Uniform over the 36-letter alphabet: bytes >= 252 (7 * 36) are drawn again. */
-static int random_id(char out[SP_CRED_ID_LEN])
+int sp_cred_new_id(char out[SP_CRED_ID_LEN])
 {
     size_t filled = 0;
     while (filled < SP_TOKEN_ID_CHARS) {
@@ -79,7 +79,7 @@ static int make_token_text(char token_out[SP_TOKEN_MAX], char id_out[SP_CRED_ID_
 {
     uint8_t secret[SP_TOKEN_SECRET_BYTES];
     char secret_text[4 * ((SP_TOKEN_SECRET_BYTES + 2) / 3) + 1];
-    if (random_id(id_out) < 0 || sp_random_bytes(secret, sizeof(secret)) < 0)
+    if (sp_cred_new_id(id_out) < 0 || sp_random_bytes(secret, sizeof(secret)) < 0)
         return -1;
     base64url_encode(secret, sizeof(secret), secret_text);
     snprintf(token_out, SP_TOKEN_MAX, SP_TOKEN_PREFIX "%s_%s", id_out, secret_text);

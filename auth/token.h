@@ -28,6 +28,10 @@ int sp_token_issue(sp_store *s, const char *identity, int64_t ttl_us, int64_t no
                    char token_out[SP_TOKEN_MAX], char id_out[SP_CRED_ID_LEN], char *err,
                    size_t errlen);
 
+/* A fresh random credential id (SP_TOKEN_ID_CHARS of a-z 0-9), for tokens and SSH
+ * certificates alike. 0, or -1 if the random generator failed. */
+int sp_cred_new_id(char out[SP_CRED_ID_LEN]);
+
 /* The credential id of a token, checking only its shape (prefix, id and secret alphabets and
  * lengths). 0, or -1 when it is not shaped like a sallyport token. */
 int sp_token_parse_id(const char *token, char id_out[SP_CRED_ID_LEN]);

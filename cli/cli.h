@@ -111,5 +111,7 @@ int cmd_cred_list(cli_ctx *ctx, cli_args *a);
 int cmd_sessions(cli_ctx *ctx, cli_args *a);
 int cmd_kill(cli_ctx *ctx, cli_args *a);
 int cmd_replay(cli_ctx *ctx, cli_args *a);
+int cmd_ca_init(cli_ctx *ctx, cli_args *a);
+int cmd_ca_show(cli_ctx *ctx, cli_args *a);
 
 #endif

@@ -21,7 +21,9 @@ static cli_opt opts_identity_add[] = {
 static cli_opt opts_reason[] = {{.name = "reason", .has_value = true}};
 static cli_opt opts_grant[] = {{.name = "ttl", .has_value = true},
                                {.name = "reason", .has_value = true}};
-static cli_opt opts_ttl[] = {{.name = "ttl", .has_value = true}};
+static cli_opt opts_cred_issue[] = {
+    {.name = "ttl", .has_value = true}, {.name = "ssh-key", .has_value = true}, {.name = "force"}};
+static cli_opt opts_ca_show[] = {{.name = "target-ca"}, {.name = "user-ca"}};
 static cli_opt opts_sessions[] = {
     {.name = "live"}, {.name = "json"}, {.name = "limit", .has_value = true}};
 
@@ -157,8 +159,8 @@ const cli_command cli_commands[] = {
      OPTS(opts_json)},
 
     {.name = "cred issue",
-     .synopsis = "IDENTITY [--ttl DURATION]",
-     .summary = "issue a short-lived token",
+     .synopsis = "IDENTITY [--ttl DURATION] [--ssh-key FILE.pub [--force]]",
+     .summary = "issue a short-lived token or SSH certificate",
      .help = "Issue a token (spt_<id>_<secret>) for IDENTITY, to be used as the password of a\n"
              "PostgreSQL client. The identity must be enabled and hold a live grant.\n"
              "The token is printed alone on the first line of standard output, so scripts\n"
@@ -167,17 +169,28 @@ const cli_command cli_commands[] = {
              "The token's lifetime bounds when it can START a session; a running session\n"
              "lasts as long as the grant that allowed it.\n"
              "\n"
-             "Options:\n"
-             "  --ttl DURATION  lifetime (default: default_cred_ttl, 15m unless configured);\n"
-             "                  capped at the longest max_ttl of the identity's roles\n"
+             "With --ssh-key, sign an OpenSSH user certificate for the public key in FILE.pub\n"
+             "(ssh-ed25519, ecdsa-sha2-nistp256 or ssh-rsa) with the user CA\n"
+             "(ssh_user_ca_key) instead, and write it beside the key as FILE-cert.pub, where\n"
+             "ssh finds it. Its principal is IDENTITY; it is valid from a minute ago for the\n"
+             "TTL, allows a PTY, and port or agent forwarding only if a role of IDENTITY\n"
+             "does. Its path goes to standard output; its credential id (for cred revoke)\n"
+             "and expiry to standard error.\n"
              "\n"
-             "Example:\n"
+             "Options:\n"
+             "  --ttl DURATION   lifetime (default: default_cred_ttl, 15m unless configured);\n"
+             "                   capped at the longest max_ttl of the identity's roles\n"
+             "  --ssh-key FILE   sign an SSH certificate for this public key (FILE.pub)\n"
+             "  --force          with --ssh-key: replace an existing FILE-cert.pub\n"
+             "\n"
+             "Examples:\n"
              "  PGPASSWORD=$(sallyport cred issue alice --ttl 1h) \\\n"
-             "      psql \"host=gateway port=6432 user=alice dbname=claims sslmode=require\"",
+             "      psql \"host=gateway port=6432 user=alice dbname=claims sslmode=require\"\n"
+             "  sallyport cred issue alice --ssh-key ~/.ssh/id_ed25519.pub --ttl 8h",
      .audited = true,
      .needs_store = true,
      .run = cmd_cred_issue,
-     OPTS(opts_ttl)},
+     OPTS(opts_cred_issue)},
 
     {.name = "cred revoke",
      .synopsis = "ID [--reason TEXT]",
@@ -247,6 +260,34 @@ const cli_command cli_commands[] = {
      .needs_store = true,
      .run = cmd_replay,
      OPTS(opts_json)},
+
+    {.name = "ca init",
+     .synopsis = "",
+     .summary = "create the SSH CA keys named in the configuration",
+     .help = "Create the Ed25519 CA keys named by ssh_user_ca_key (signs the certificates\n"
+             "`cred issue --ssh-key` writes) and ssh_target_ca_key (signs the per-session\n"
+             "certificates the gateway presents to targets), owner-only PEM files, and print\n"
+             "their public lines. A key that already exists is kept, never overwritten.\n"
+             "Put the target CA line in each target's sshd TrustedUserCAKeys file.",
+     .audited = true,
+     .needs_store = true,
+     .run = cmd_ca_init,
+     OPTS(opts_none)},
+
+    {.name = "ca show",
+     .synopsis = "--target-ca | --user-ca",
+     .summary = "print a CA's public key line",
+     .help = "Print the public key line of one CA, in the form sshd reads.\n"
+             "\n"
+             "Options:\n"
+             "  --target-ca  the line for a target sshd's TrustedUserCAKeys file\n"
+             "  --user-ca    the CA of the certificates users present to the gateway (for\n"
+             "               reference: only the gateway checks them)\n"
+             "\n"
+             "Example:\n"
+             "  sallyport ca show --target-ca >> /etc/ssh/sallyport_ca.pub   # on the target",
+     .run = cmd_ca_show,
+     OPTS(opts_ca_show)},
 
     {.name = "version",
      .synopsis = "",
