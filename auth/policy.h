@@ -4,8 +4,8 @@
  * binding to a role (declared in the configuration) whose targets include TARGET and whose
  * databases include DATABASE (a role that lists no databases allows each target's default
  * database only). For an ssh target, DATABASE is the login on the target and must be listed
- * in the role's logins (there is no default login). When several bindings allow it, the one expiring last wins.
- * Blocking (reads the store): thread pool only in the gateway. */
+ * in the role's logins (there is no default login). When several bindings allow it, the one
+ * expiring last wins. Blocking (reads the store): thread pool only in the gateway. */
 #ifndef SP_AUTH_POLICY_H
 #define SP_AUTH_POLICY_H
 

@@ -154,8 +154,11 @@ static void client_packet(sp_sftp *p, uint8_t type, cursor *c, uint32_t id)
         if (!get_str(c, &a, &alen, &ahave))
             return;
         copy_path(path, a, ahave);
-        emit(p, type == FXP_REMOVE ? "remove" : type == FXP_MKDIR ? "mkdir" : "rmdir", path, NULL,
-             0);
+        emit(p,
+             type == FXP_REMOVE  ? "remove"
+             : type == FXP_MKDIR ? "mkdir"
+                                 : "rmdir",
+             path, NULL, 0);
         return;
     case FXP_RENAME:
         if (!get_str(c, &a, &alen, &ahave))

@@ -44,7 +44,7 @@ typedef struct sp_sftp_pending {
     bool used;
     uint32_t id;
     enum { SP_SFTP_PEND_OPEN, SP_SFTP_PEND_READ } kind;
-    int handle; /* READ: index into handles */
+    int handle;                  /* READ: index into handles */
     char path[SP_SFTP_PATH_MAX]; /* OPEN */
 } sp_sftp_pending;
 

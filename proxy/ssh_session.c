@@ -8,6 +8,7 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
+#include <openssl/sha.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -110,7 +111,9 @@ typedef struct ssh_sess {
     char user_kind[16];
     char cred_id[SP_CRED_ID_LEN];
     char auth_method_name[16];
+    uint8_t cert_sha256[SP_SCRAM_KEY_LEN]; /* the client certificate, for its credential */
     int auth_failures;
+    bool banner_sent;
     ssh_message held; /* the client's auth request, answered once the target accepted us */
 
     sp_decision dec;
@@ -118,8 +121,8 @@ typedef struct ssh_sess {
     bool rec_failed_noted;
     bool row_started;
     struct sockaddr_storage up_addr;
-    ssh_key up_key;      /* per-session key with its certificate */
-    ssh_key target_key;  /* the pinned host key */
+    ssh_key up_key;     /* per-session key with its certificate */
+    ssh_key target_key; /* the pinned host key */
     sp_live live;
     bool live_registered;
 
@@ -289,10 +292,11 @@ typedef struct job {
     ssh_sess *s;
     int status;
     char err[256];
-    char reason[160];
+    char reason[300];
     int64_t chunks;
     enum auth_method method;
     char token[SP_TOKEN_MAX];
+    uint8_t cert_sha256[SP_SCRAM_KEY_LEN];
     authz az;
 } job;
 
@@ -465,7 +469,8 @@ static void end_session(ssh_sess *s, const char *reason)
         json_object_set_new(ev, "end_reason", json_string(reason));
         json_object_set_new(ev, "bytes_in", json_integer((json_int_t)s->bytes_in));
         json_object_set_new(ev, "bytes_out", json_integer((json_int_t)s->bytes_out));
-        json_object_set_new(ev, "duration_ms", json_integer((sp_mono_us() - s->started_mono) / 1000));
+        json_object_set_new(ev, "duration_ms",
+                            json_integer((sp_mono_us() - s->started_mono) / 1000));
         sp_audit_emit(ev);
     }
     if (client_gone)
@@ -504,6 +509,33 @@ static void update_polls(ssh_sess *s)
 
 /* ---- client authentication ---- */
 
+/* The wire-format blob of a key (for a certificate key: the certificate). libssh 0.10 exports
+ * it only in base64. */
+static int key_blob(ssh_key key, uint8_t **out, size_t *len)
+{
+    char *b64 = NULL;
+    *out = NULL;
+    if (!key || ssh_pki_export_pubkey_base64(key, &b64) != SSH_OK || !b64)
+        return -1;
+    size_t n = strlen(b64);
+    uint8_t *blob = malloc(n / 4 * 3 + 3);
+    int got = blob ? EVP_DecodeBlock(blob, (const unsigned char *)b64, (int)n) : -1;
+    if (got < 0) {
+        free(blob);
+        ssh_string_free_char(b64);
+        return -1;
+    }
+    size_t pad = 0;
+    while (n > 0 && b64[n - 1] == '=' && pad < 2) {
+        pad++;
+        n--;
+    }
+    ssh_string_free_char(b64);
+    *out = blob;
+    *len = (size_t)got - pad;
+    return 0;
+}
+
 /* LOGIN+TARGET, split at the last '+' (logins may contain '+', target names may not). */
 static bool split_user(ssh_sess *s, const char *user)
 {
@@ -540,27 +572,27 @@ static void auth_refuse(ssh_sess *s, ssh_message m, const char *reason)
  * whose principal is the identity named in its key id "IDENTITY cred=<id>". */
 static int check_client_cert(ssh_sess *s, ssh_key key, char *why, size_t whylen)
 {
-    ssh_string blob = NULL;
+    uint8_t *blob = NULL;
+    size_t blob_len = 0;
     if (!s->w->ssh_user_ca_blob) {
         snprintf(why, whylen, "no ssh_user_ca_key configured: certificates are not accepted");
         return -1;
     }
-    if (ssh_pki_export_pubkey_blob(key, &blob) != SSH_OK || !blob) {
+    if (key_blob(key, &blob, &blob_len) < 0) {
         snprintf(why, whylen, "cannot read the offered key");
         return -1;
     }
     sp_ssh_cert cert;
     char err[200];
     int rc = -1;
-    if (sp_ssh_cert_parse(ssh_string_data(blob), ssh_string_len(blob), &cert, err, sizeof(err)) <
-        0) {
+    if (sp_ssh_cert_parse(blob, blob_len, &cert, err, sizeof(err)) < 0) {
         snprintf(why, whylen, "not a certificate: %s", err);
         goto out;
     }
     const char *sep = strstr(cert.key_id, " cred=");
     if (!sep || (size_t)(sep - cert.key_id) >= sizeof(s->identity) ||
         strlen(sep + 6) >= sizeof(s->cred_id)) {
-        snprintf(why, whylen, "certificate key id \"%s\" does not name a sallyport credential",
+        snprintf(why, whylen, "certificate key id \"%.120s\" does not name a sallyport credential",
                  cert.key_id);
         goto out;
     }
@@ -574,17 +606,27 @@ static int check_client_cert(ssh_sess *s, ssh_key key, char *why, size_t whylen)
     }
     snprintf(s->identity, sizeof(s->identity), "%s", identity);
     snprintf(s->cred_id, sizeof(s->cred_id), "%s", sep + 6);
+    SHA256(blob, blob_len, s->cert_sha256);
     rc = 0;
 out:
-    ssh_string_free(blob);
+    free(blob);
     return rc;
 }
 
-static void start_authorize(ssh_sess *s, ssh_message m, enum auth_method method,
-                            const char *token);
+static void start_authorize(ssh_sess *s, ssh_message m, enum auth_method method, const char *token);
+static void tell_client(ssh_sess *s, const char *text);
 
 static void handle_auth(ssh_sess *s, ssh_message m)
 {
+    /* The banner may only come once the client asked for authentication (RFC 4252 5.4). */
+    if (!s->banner_sent) {
+        s->banner_sent = true;
+        if (s->cfg->ssh_banner && *s->cfg->ssh_banner) {
+            char text[1024];
+            snprintf(text, sizeof(text), "%s\n", s->cfg->ssh_banner);
+            tell_client(s, text);
+        }
+    }
     int method = ssh_message_subtype(m);
     bool user_ok = split_user(s, ssh_message_auth_user(m));
     switch (method) {
@@ -671,6 +713,20 @@ static int authenticate_credential(job *j, int64_t now)
     authz *az = &j->az;
     sp_credential cred;
     char err[256];
+    if (j->method == AM_CERT) {
+        int live = sp_store_cred_live(st, az->cred_id, az->identity, now, j->cert_sha256, err,
+                                      sizeof(err));
+        if (live < 0) {
+            snprintf(j->err, sizeof(j->err), "%s", err);
+            j->status = JO_STORE;
+            return -1;
+        }
+        if (live != 0) {
+            snprintf(j->reason, sizeof(j->reason), "%s", err);
+            j->status = JO_AUTH_FAILED;
+            return -1;
+        }
+    }
     if (j->method == AM_TOKEN && sp_token_parse_id(j->token, az->cred_id) < 0) {
         snprintf(j->reason, sizeof(j->reason), "password is not shaped like a sallyport token");
         j->status = JO_AUTH_FAILED;
@@ -819,7 +875,7 @@ static void authorize_after(uv_work_t *req, int status)
     job *j = req->data;
     ssh_sess *s = j->s;
     int outcome = status < 0 ? JO_STORE : j->status;
-    char err[256], reason[160];
+    char err[256], reason[300];
     snprintf(err, sizeof(err), "%s", j->err);
     snprintf(reason, sizeof(reason), "%s", j->reason);
     s->dec = j->az.dec;
@@ -918,6 +974,7 @@ static void start_authorize(ssh_sess *s, ssh_message m, enum auth_method method,
         snprintf(j->token, sizeof(j->token), "%s", token);
     snprintf(j->az.identity, sizeof(j->az.identity), "%s", s->identity);
     snprintf(j->az.cred_id, sizeof(j->az.cred_id), "%s", s->cred_id);
+    memcpy(j->cert_sha256, s->cert_sha256, sizeof(j->cert_sha256));
     s->held = m;
     set_state(s, SS_AUTHORIZE);
     if (uv_queue_work(&s->w->loop, &j->req, authorize_work, authorize_after) < 0) {
@@ -966,8 +1023,7 @@ static int load_target_key(ssh_sess *s, char *err, size_t errlen)
         snprintf(err, errlen, "[target %s] host_key is not \"TYPE BASE64\"", s->target_name);
         return -1;
     }
-    if (ssh_pki_import_pubkey_base64(b64, ssh_key_type_from_name(type), &s->target_key) !=
-        SSH_OK) {
+    if (ssh_pki_import_pubkey_base64(b64, ssh_key_type_from_name(type), &s->target_key) != SSH_OK) {
         snprintf(err, errlen, "[target %s] host_key cannot be read", s->target_name);
         return -1;
     }
@@ -978,7 +1034,8 @@ static int load_target_key(ssh_sess *s, char *err, size_t errlen)
 static int mint_upstream_key(ssh_sess *s, char *err, size_t errlen)
 {
     ssh_key pub = NULL, cert = NULL;
-    ssh_string blob = NULL;
+    uint8_t *blob = NULL;
+    size_t blob_len = 0;
     char *b64 = NULL;
     sp_buf certblob;
     sp_buf_init(&certblob, SP_SSH_CERT_MAX);
@@ -989,11 +1046,11 @@ static int mint_upstream_key(ssh_sess *s, char *err, size_t errlen)
     }
     if (ssh_pki_generate(SSH_KEYTYPE_ED25519, 0, &s->up_key) != SSH_OK ||
         ssh_pki_export_privkey_to_pubkey(s->up_key, &pub) != SSH_OK ||
-        ssh_pki_export_pubkey_blob(pub, &blob) != SSH_OK) {
+        key_blob(pub, &blob, &blob_len) < 0) {
         snprintf(err, errlen, "cannot generate the session key");
         goto out;
     }
-    char key_id[160];
+    char key_id[SP_NAME_MAX + 64];
     snprintf(key_id, sizeof(key_id), "sallyport %s session=%s", s->identity, s->id);
     const char *principals[] = {s->login};
     const char *ext[4];
@@ -1009,8 +1066,8 @@ static int mint_upstream_key(ssh_sess *s, char *err, size_t errlen)
     if (RAND_bytes(serial_bytes, sizeof(serial_bytes)) == 1)
         memcpy(&serial, serial_bytes, sizeof(serial));
     sp_ssh_cert_req req = {
-        .pubkey_blob = ssh_string_data(blob),
-        .pubkey_len = ssh_string_len(blob),
+        .pubkey_blob = blob,
+        .pubkey_len = blob_len,
         .serial = serial,
         .key_id = key_id,
         .principals = principals,
@@ -1033,7 +1090,7 @@ out:
     free(b64);
     ssh_key_free(pub);
     ssh_key_free(cert);
-    ssh_string_free(blob);
+    free(blob);
     sp_buf_free(&certblob);
     return rc;
 }
@@ -1277,8 +1334,7 @@ static void chan_opening_step(ssh_chan *c)
     if (rc == SSH_AGAIN)
         return;
     if (rc != SSH_OK) {
-        sp_info("ssh %s: target refused channel %d: %s", c->s->id, c->num,
-                ssh_get_error(c->s->up));
+        sp_info("ssh %s: target refused channel %d: %s", c->s->id, c->num, ssh_get_error(c->s->up));
         ssh_message_reply_default(c->open_msg);
         ssh_message_free(c->open_msg);
         c->open_msg = NULL;
@@ -1602,8 +1658,6 @@ static void step(ssh_sess *s)
             return;
         }
         set_state(s, SS_AUTH);
-        if (s->cfg->ssh_banner && *s->cfg->ssh_banner)
-            tell_client(s, s->cfg->ssh_banner);
     }
     if (s->state == SS_UP_CONNECT || s->state == SS_UP_AUTH)
         up_step(s);
@@ -1630,9 +1684,8 @@ static void drive(ssh_sess *s)
     }
     if (s->state < SS_CLOSING)
         step(s);
-    if (s->state == SS_CLOSING &&
-        (!(ssh_get_poll_flags(s->cl) & SSH_WRITE_PENDING) ||
-         sp_mono_us() - s->closing_since > LINGER_US))
+    if (s->state == SS_CLOSING && (!(ssh_get_poll_flags(s->cl) & SSH_WRITE_PENDING) ||
+                                   sp_mono_us() - s->closing_since > LINGER_US))
         finish(s);
     update_polls(s);
     s->driving = false;
@@ -1649,8 +1702,7 @@ static void on_tick(uv_timer_t *t)
         int64_t idle_limit = s->dec.role ? s->dec.role->idle_timeout : 0;
         if (idle_limit > 0 && now - s->last_activity >= idle_limit) {
             end_session(s, "idle");
-        } else if (s->cfg->ssh_keepalive > 0 &&
-                   now - s->last_keepalive >= s->cfg->ssh_keepalive) {
+        } else if (s->cfg->ssh_keepalive > 0 && now - s->last_keepalive >= s->cfg->ssh_keepalive) {
             s->last_keepalive = now;
             ssh_send_keepalive(s->cl);
         }

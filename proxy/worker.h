@@ -40,7 +40,7 @@ typedef struct sp_worker {
     bool pg_listening;
     uv_tcp_t ssh_listener;
     bool ssh_listening;
-    void *ssh_bind;                 /* libssh ssh_bind holding the gateway host key */
+    void *ssh_bind;                  /* libssh ssh_bind holding the gateway host key */
     struct sp_ssh_ca *ssh_target_ca; /* mints the per-session certificates for targets */
     uint8_t *ssh_user_ca_blob;       /* the user CA public key client certificates must name */
     size_t ssh_user_ca_len;
