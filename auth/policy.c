@@ -21,6 +21,8 @@ static int deny(sp_decision *out, const char *reason)
 /* A role that lists no databases allows only each target's default database. */
 static bool role_allows_database(const sp_role *role, const sp_target *target, const char *db)
 {
+    if (target->kind == SP_TARGET_SSH)
+        return sp_list_contains(role->logins, db);
     if (!role->databases || !role->databases[0])
         return target->database && strcmp(db, target->database) == 0;
     return sp_list_contains(role->databases, db);
@@ -57,7 +59,7 @@ int sp_policy_decide(sp_store *s, const sp_config *cfg, const char *identity, co
         return deny(out, "unknown-target");
     const char *db = database && *database ? database : t->database;
     if (!db || strlen(db) >= sizeof(out->database))
-        return deny(out, "database-not-in-role");
+        return deny(out, t->kind == SP_TARGET_SSH ? "login-not-in-role" : "database-not-in-role");
 
     if (sp_store_bindings_live(s, identity, now, bindings, POLICY_MAX_BINDINGS, &n, err, errlen) <
         0) {
@@ -80,7 +82,7 @@ int sp_policy_decide(sp_store *s, const sp_config *cfg, const char *identity, co
             continue;
         }
         if (!role_allows_database(role, t, db)) {
-            refusal = "database-not-in-role";
+            refusal = t->kind == SP_TARGET_SSH ? "login-not-in-role" : "database-not-in-role";
             continue;
         }
         if (!best || expires_later(bindings[i].expires_at, best->expires_at)) {

@@ -3,8 +3,9 @@
  * Deny by default: allowed only if the identity exists, is not disabled, and holds a live
  * binding to a role (declared in the configuration) whose targets include TARGET and whose
  * databases include DATABASE (a role that lists no databases allows each target's default
- * database only). When several bindings allow it, the one expiring last wins.
- * Blocking (reads the store): thread pool only in the gateway. */
+ * database only). For an ssh target, DATABASE is the login on the target and must be listed
+ * in the role's logins (there is no default login). When several bindings allow it, the one
+ * expiring last wins. Blocking (reads the store): thread pool only in the gateway. */
 #ifndef SP_AUTH_POLICY_H
 #define SP_AUTH_POLICY_H
 
@@ -15,7 +16,7 @@ typedef struct sp_decision {
     bool allowed;
     /* For the audit trail only, never for the client: "unknown-identity",
      * "identity-disabled", "unknown-target", "no-binding", "target-not-in-role",
-     * "database-not-in-role", "store-error". */
+     * "database-not-in-role", "login-not-in-role" (ssh), "store-error". */
     char reason[64];
     const sp_role *role; /* points into the config snapshot passed in; NULL when denied */
     const sp_target *target;

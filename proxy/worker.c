@@ -12,6 +12,7 @@
 #include "common/log.h"
 #include "proxy/gateway.h"
 #include "proxy/pg_session.h"
+#include "proxy/ssh_session.h"
 #include "proxy/worker_internal.h"
 
 sp_config *sp_worker_config(sp_worker *w)
@@ -33,10 +34,14 @@ void sp_worker_post(sp_worker *w, sp_worker_msg *m)
 
 static void stop_accepting(sp_worker *w)
 {
-    if (!w->pg_listening)
-        return;
-    w->pg_listening = false;
-    uv_close((uv_handle_t *)&w->pg_listener, NULL);
+    if (w->pg_listening) {
+        w->pg_listening = false;
+        uv_close((uv_handle_t *)&w->pg_listener, NULL);
+    }
+    if (w->ssh_listening) {
+        w->ssh_listening = false;
+        uv_close((uv_handle_t *)&w->ssh_listener, NULL);
+    }
 }
 
 static void on_inbox(uv_async_t *a)
@@ -50,17 +55,20 @@ static void on_inbox(uv_async_t *a)
         sp_worker_msg *next = m->next;
         switch (m->kind) {
         case SP_WMSG_END_SESSION:
-            pg_session_end_by_id(w, m->session_id, m->reason);
+            if (!pg_session_end_by_id(w, m->session_id, m->reason))
+                ssh_session_end_by_id(w, m->session_id, m->reason);
             break;
         case SP_WMSG_STOP_ACCEPTING:
             stop_accepting(w);
             break;
         case SP_WMSG_DRAIN_DEADLINE:
             pg_session_end_all(w, m->reason);
+            ssh_session_end_all(w, m->reason);
             break;
         case SP_WMSG_STOP:
             stop_accepting(w);
             pg_session_end_all(w, "gateway-shutdown");
+            ssh_session_end_all(w, "gateway-shutdown");
             pg_session_flush_all(w);
             uv_close((uv_handle_t *)&w->flush_timer, NULL);
             uv_close((uv_handle_t *)&w->inbox_async, NULL);
@@ -75,6 +83,7 @@ static void on_inbox(uv_async_t *a)
 static void on_flush(uv_timer_t *t)
 {
     pg_session_flush_all(t->data);
+    ssh_session_flush_all(t->data);
 }
 
 static void on_pg_connection(uv_stream_t *server, int status)
@@ -87,9 +96,19 @@ static void on_pg_connection(uv_stream_t *server, int status)
     pg_session_accept(w, server);
 }
 
+static void on_ssh_connection(uv_stream_t *server, int status)
+{
+    sp_worker *w = server->data;
+    if (status < 0) {
+        sp_warn("worker %d: ssh accept failed: %s", w->index, uv_strerror(status));
+        return;
+    }
+    ssh_session_accept(w, server);
+}
+
 /* libuv 1.44 has no SO_REUSEPORT flag: make the socket, set the option, hand it over. */
-static int listen_reuseport(sp_worker *w, uv_tcp_t *h, const char *host, int port, char *err,
-                            size_t errlen)
+static int listen_reuseport(sp_worker *w, uv_tcp_t *h, const char *host, int port,
+                            uv_connection_cb on_conn, char *err, size_t errlen)
 {
     struct sockaddr_storage ss;
     socklen_t sl;
@@ -116,7 +135,7 @@ static int listen_reuseport(sp_worker *w, uv_tcp_t *h, const char *host, int por
     h->data = w;
     int rc = uv_tcp_open(h, fd);
     if (rc == 0)
-        rc = uv_listen((uv_stream_t *)h, 1024, on_pg_connection);
+        rc = uv_listen((uv_stream_t *)h, 1024, on_conn);
     if (rc < 0) {
         snprintf(err, errlen, "cannot listen on %s:%d: %s", host, port, uv_strerror(rc));
         uv_close((uv_handle_t *)h, NULL);
@@ -148,10 +167,18 @@ int sp_worker_init(sp_worker *w, sp_gateway *g, int index, const sp_config *cfg,
         return -1;
     }
     if (cfg->pg_listen_port) {
-        if (listen_reuseport(w, &w->pg_listener, cfg->pg_listen_host, cfg->pg_listen_port, err,
-                             errlen) < 0)
+        if (listen_reuseport(w, &w->pg_listener, cfg->pg_listen_host, cfg->pg_listen_port,
+                             on_pg_connection, err, errlen) < 0)
             return -1;
         w->pg_listening = true;
+    }
+    if (cfg->ssh_listen_port) {
+        if (ssh_worker_init(w, cfg, err, errlen) < 0)
+            return -1;
+        if (listen_reuseport(w, &w->ssh_listener, cfg->ssh_listen_host, cfg->ssh_listen_port,
+                             on_ssh_connection, err, errlen) < 0)
+            return -1;
+        w->ssh_listening = true;
     }
     return 0;
 }
@@ -172,6 +199,7 @@ void sp_worker_join(sp_worker *w)
 {
     pthread_join(w->thread, NULL);
     uv_loop_close(&w->loop);
+    ssh_worker_free(w);
     ZSTD_freeCCtx(w->zctx);
     pthread_mutex_destroy(&w->inbox_mu);
 }

@@ -14,6 +14,8 @@
 
 struct sp_gateway;
 struct pg_session;
+struct ssh_sess;
+struct sp_ssh_ca;
 
 #define SP_READ_BUF (64 * 1024)
 
@@ -36,6 +38,12 @@ typedef struct sp_worker {
     pthread_t thread;
     uv_tcp_t pg_listener;
     bool pg_listening;
+    uv_tcp_t ssh_listener;
+    bool ssh_listening;
+    void *ssh_bind;                  /* libssh ssh_bind holding the gateway host key */
+    struct sp_ssh_ca *ssh_target_ca; /* mints the per-session certificates for targets */
+    uint8_t *ssh_user_ca_blob;       /* the user CA public key client certificates must name */
+    size_t ssh_user_ca_len;
     uv_async_t inbox_async;
     pthread_mutex_t inbox_mu;
     sp_worker_msg *inbox;
@@ -46,6 +54,8 @@ typedef struct sp_worker {
     uint8_t plain_buf[SP_READ_BUF];
     struct pg_session *sessions; /* doubly linked list of live sessions */
     int n_sessions;
+    struct ssh_sess *ssh_sessions; /* doubly linked list of live SSH sessions */
+    int n_ssh_sessions;
     bool stopping;
 } sp_worker;
 

@@ -450,6 +450,27 @@ def bench_db(pg):
     return "bench"
 
 
+@pytest.fixture(scope="session")
+def ssh_gateway(pg, tmp_path_factory):
+    """A second gateway, with an SSH listener, in front of a private sshd (target host1)."""
+    from sshenv import Sshd, SshGateway
+    binary = Path(os.environ.get("SALLYPORT_BIN", REPO / "build" / "sallyport"))
+    if not binary.is_absolute():
+        binary = REPO / binary
+    base = tmp_path_factory.mktemp("sshgw")
+    sshd = Sshd(base / "sshd")
+    gw = SshGateway(base / "gateway", binary, pg, sshd)
+    gw.prepare_ssh()
+    sshd.start()
+    gw.start()
+    yield gw
+    status = gw.stop()
+    sshd.stop()
+    report = gw.sanitizer_report_since_check()
+    assert report is None, f"sanitizer report from the SSH gateway:\n{report[-6000:]}"
+    assert status in (0, None), f"sallyport serve exited {status} on SIGTERM:\n{gw.log_tail()}"
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield

@@ -4,9 +4,10 @@
 # password; otherwise it names what is missing and fails.
 
 SP_BUILD_PACKAGES=(build-essential cmake pkg-config libuv1-dev libssl-dev libzstd-dev
-    libsqlite3-dev libinih-dev libjansson-dev libpq-dev openssl)
+    libsqlite3-dev libinih-dev libjansson-dev libpq-dev libssh-dev openssl)
 SP_POSTGRES_PACKAGES=(postgresql-15 postgresql-client-15)
-SP_TEST_PACKAGES=(libcmocka-dev python3-pytest python3-psycopg clang)
+SP_TEST_PACKAGES=(libcmocka-dev python3-pytest python3-psycopg python3-paramiko clang
+    openssh-server openssh-client rsync tmux)
 
 sp_ensure_packages() {
     local missing=() p

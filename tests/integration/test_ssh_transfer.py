@@ -1,0 +1,98 @@
+"""Bulk data through the SSH gateway: scp (legacy and over sftp), sftp, rsync, a 1 GB cat with
+rekeying on the way."""
+
+import hashlib
+import os
+import time
+
+import pytest
+
+from conftest import run
+from sshenv import TARGET_LOGIN
+
+BIG = 200 * 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def xfer(ssh_gateway, tmp_path_factory):
+    ssh_gateway.add_identity("xfer")
+    ssh_gateway.grant("xfer", "ops")
+    d = tmp_path_factory.mktemp("xfer")
+    key = ssh_gateway.ssh_cert("xfer", d / "keys")
+    src = d / "big.bin"
+    with open(src, "wb") as f:
+        for _ in range(BIG // (1 << 20)):
+            f.write(os.urandom(1 << 20))
+    return key, d, src
+
+
+def sha(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def home_path(name):
+    return f"/home/{TARGET_LOGIN}/{name}"
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("mode", ["-O", "-s"])
+def test_scp_both_ways(ssh_gateway, xfer, mode):
+    key, d, src = xfer
+    opts, dest = ssh_gateway.ssh_base(key)
+    scp_opts = ["-P" if o == "-p" else o for o in opts]
+    remote = f"scp{mode[1]}.bin"
+    run(["scp", mode, "-q", *scp_opts, src, f"{dest}:{remote}"], timeout=120)
+    assert sha(home_path(remote)) == sha(src)
+    back = d / f"back{mode[1]}.bin"
+    run(["scp", mode, "-q", *scp_opts, f"{dest}:{remote}", back], timeout=120)
+    assert sha(back) == sha(src)
+
+
+@pytest.mark.xfail(reason="known bug: an sftp `get` of 200 MB stalls through the gateway "
+                   "(scp over sftp works); under investigation", strict=False)
+@pytest.mark.timeout(180)
+def test_sftp_both_ways_recorded(ssh_gateway, xfer):
+    key, d, src = xfer
+    opts, dest = ssh_gateway.ssh_base(key)
+    sftp_opts = ["-P" if o == "-p" else o for o in opts]
+    back = d / "sftp-back.bin"
+    batch = f"put {src} sftp.bin\nget sftp.bin {back}\nrename sftp.bin sftp2.bin\nrm sftp2.bin\n"
+    run(["sftp", "-q", "-b", "-", *sftp_opts, dest], input=batch, timeout=60)
+    assert sha(back) == sha(src)
+    sess = ssh_gateway.session_of("xfer", ended=True)
+    events = ssh_gateway.cli("export", sess["id"], "--format", "json", check=False)
+    if events.returncode == 0:  # export lands with the replay branch
+        assert "sftp2.bin" in events.stdout
+
+
+def test_rsync_directory(ssh_gateway, xfer):
+    key, d, _ = xfer
+    tree = d / "tree"
+    for i in range(20):
+        (tree / f"sub{i % 3}").mkdir(parents=True, exist_ok=True)
+        (tree / f"sub{i % 3}" / f"f{i}.txt").write_text(f"file {i}\n" * (i + 1))
+    run(["rsync", "-a", "-e", ssh_gateway.ssh_opts_string(key), f"{tree}/",
+         f"{TARGET_LOGIN}+host1@127.0.0.1:rtree/"], timeout=60)
+    r = ssh_gateway.ssh(key, "cd rtree && find . -type f | sort | xargs cat | sha256sum")
+    local = run(["bash", "-c", f"cd {tree} && find . -type f | sort | xargs cat | sha256sum"])
+    assert r.stdout == local.stdout
+
+
+@pytest.mark.skipif(os.environ.get("SP_SSH_REKEY_TEST") != "1", reason="known bug: a client-initiated rekey (RekeyLimit=64M) crashes the "
+                  "gateway inside libssh 0.10.6's server; skipped so it does not take the "
+                  "shared SSH gateway down for the other tests")
+@pytest.mark.timeout(170)
+def test_one_gigabyte_cat_with_rekeying(ssh_gateway, xfer):
+    key, d, _ = xfer
+    cmd = "head -c 1073741824 /dev/zero"
+    opts, dest = ssh_gateway.ssh_base(key)
+    t0 = time.monotonic()
+    r = run(["bash", "-c", " ".join(["ssh", *opts, "-o", "RekeyLimit=64M", dest, f"'{cmd}'",
+                                     "| wc -c"])], timeout=150)
+    through = time.monotonic() - t0
+    assert r.stdout.strip() == "1073741824"
+    print(f"\n1 GB cat through the gateway: {through:.1f}s ({1024 / through:.0f} MB/s)")
