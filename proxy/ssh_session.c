@@ -148,9 +148,9 @@ static void set_state(ssh_sess *s, ss_state st)
     s->state = st;
 }
 
-static json_t *audit_base(ssh_sess *s, enum sp_audit_class cls, const char *activity, bool ok)
+static json_t *audit_base(ssh_sess *s, enum sp_audit_activity activity, const char *code, bool ok)
 {
-    json_t *ev = sp_audit_new(cls, activity, ok, s->identity[0] ? s->identity : "-");
+    json_t *ev = sp_audit_new(activity, code, ok, s->identity[0] ? s->identity : "-");
     json_object_set_new(ev, "user",
                         sp_audit_user(s->identity[0] ? s->identity : "-",
                                       s->user_kind[0] ? s->user_kind : "unknown"));
@@ -176,7 +176,7 @@ static void rec_fail_check(ssh_sess *s)
         return;
     s->rec_failed_noted = true;
     sp_error("ssh %s: recording failed: %s", s->id, sp_rec_error(s->rec));
-    json_t *ev = audit_base(s, SP_AUDIT_SSH_ACTIVITY, "recording-failed", false);
+    json_t *ev = audit_base(s, SP_AUDIT_SSH_RECORDING_GAP, "recording-failed", false);
     json_object_set_new(ev, "status_detail", json_string(sp_rec_error(s->rec)));
     sp_audit_emit(ev);
     if (s->dec.role && s->dec.role->recording == SP_REC_STRICT)
@@ -465,7 +465,7 @@ static void end_session(ssh_sess *s, const char *reason)
     unlink_session(s);
     release_session_state(s);
     if (was_relay) {
-        json_t *ev = audit_base(s, SP_AUDIT_SSH_ACTIVITY, "session-end", true);
+        json_t *ev = audit_base(s, SP_AUDIT_SSH_CLOSE, "session-end", true);
         json_object_set_new(ev, "end_reason", json_string(reason));
         json_object_set_new(ev, "bytes_in", json_integer((json_int_t)s->bytes_in));
         json_object_set_new(ev, "bytes_out", json_integer((json_int_t)s->bytes_out));
@@ -554,7 +554,7 @@ static bool split_user(ssh_sess *s, const char *user)
 
 static void auth_refuse(ssh_sess *s, ssh_message m, const char *reason)
 {
-    json_t *ev = audit_base(s, SP_AUDIT_AUTHENTICATION, "logon", false);
+    json_t *ev = audit_base(s, SP_AUDIT_AUTH_LOGON, "logon", false);
     json_object_set_new(ev, "auth_protocol", json_string(s->auth_method_name));
     json_object_set_new(ev, "status_detail", json_string(reason));
     sp_audit_emit(ev);
@@ -847,7 +847,7 @@ static void up_start(ssh_sess *s);
 
 static void audit_authorize(ssh_sess *s, int outcome, const char *err)
 {
-    json_t *ev = audit_base(s, SP_AUDIT_AUTHORIZE_SESSION, "authorize", outcome == JO_OK);
+    json_t *ev = audit_base(s, SP_AUDIT_SESSION_ASSIGN_PRIVILEGES, "authorize", outcome == JO_OK);
     if (s->dec.role)
         json_object_set_new(ev, "role", json_string(s->dec.role->name));
     if (outcome == JO_DENIED)
@@ -902,7 +902,7 @@ static void authorize_after(uv_work_t *req, int status)
         auth_refuse(s, m, reason);
         return;
     }
-    json_t *ev = audit_base(s, SP_AUDIT_AUTHENTICATION, "logon", outcome != JO_STORE);
+    json_t *ev = audit_base(s, SP_AUDIT_AUTH_LOGON, "logon", outcome != JO_STORE);
     json_object_set_new(ev, "auth_protocol", json_string(s->auth_method_name));
     json_object_set_new(ev, "credential", json_string(s->cred_id));
     sp_audit_emit(ev);
@@ -937,7 +937,7 @@ static void authorize_after(uv_work_t *req, int status)
         return;
     }
     if (!s->rec) {
-        json_t *gap = audit_base(s, SP_AUDIT_SSH_ACTIVITY, "recording-gap", false);
+        json_t *gap = audit_base(s, SP_AUDIT_SSH_RECORDING_GAP, "recording-gap", false);
         json_object_set_new(gap, "status_detail", json_string(err));
         sp_audit_emit(gap);
     }
@@ -990,7 +990,7 @@ static void start_authorize(ssh_sess *s, ssh_message m, enum auth_method method,
 static void up_fail(ssh_sess *s, const char *reason, const char *detail)
 {
     sp_error("ssh %s: target %s: %s: %s", s->id, s->target_name, reason, detail);
-    json_t *ev = audit_base(s, SP_AUDIT_SSH_ACTIVITY, "upstream", false);
+    json_t *ev = audit_base(s, SP_AUDIT_SSH_FAIL, "upstream", false);
     json_object_set_new(ev, "status_detail", json_string(detail));
     sp_audit_emit(ev);
     char msg[256];
@@ -1151,7 +1151,7 @@ static void session_started(ssh_sess *s)
     ssh_message_auth_reply_success(s->held, 0);
     ssh_message_free(s->held);
     s->held = NULL;
-    json_t *ev = audit_base(s, SP_AUDIT_SSH_ACTIVITY, "session-start", true);
+    json_t *ev = audit_base(s, SP_AUDIT_SSH_OPEN, "session-start", true);
     json_object_set_new(ev, "role", json_string(s->dec.role->name));
     if (s->rec)
         json_object_set_new(ev, "recording", json_string(sp_rec_path(s->rec)));
@@ -1263,7 +1263,7 @@ static void chan_open_request(ssh_sess *s, ssh_message m)
         char dest[300];
         snprintf(dest, sizeof(dest), "%s:%d", c->dest_host, c->dest_port);
         if (s->dec.role->forwarding != SP_FWD_LOCAL) {
-            json_t *ev = audit_base(s, SP_AUDIT_SSH_ACTIVITY, "forward-refused", false);
+            json_t *ev = audit_base(s, SP_AUDIT_SSH_REFUSE, "forward-refused", false);
             json_object_set_new(ev, "status_detail",
                                 json_string("port forwarding is not allowed by the role"));
             json_object_set_new(ev, "destination", json_string(dest));
@@ -1320,7 +1320,7 @@ static void chan_opened(ssh_chan *c)
         snprintf(dest, sizeof(dest), "%s:%d", c->dest_host, c->dest_port);
         rec_chan(c, SP_EV_CHANNEL_OPEN, "direct-tcpip", NULL);
         rec_chan(c, SP_EV_FORWARD, "local", dest, NULL);
-        json_t *ev = audit_base(s, SP_AUDIT_SSH_ACTIVITY, "forward", true);
+        json_t *ev = audit_base(s, SP_AUDIT_SSH_OPEN, "forward", true);
         json_object_set_new(ev, "destination", json_string(dest));
         sp_audit_emit(ev);
     }
@@ -1527,7 +1527,7 @@ static void chan_close_both(ssh_chan *c)
     snprintf(in, sizeof(in), "%llu", (unsigned long long)c->bytes_in);
     snprintf(out, sizeof(out), "%llu", (unsigned long long)c->bytes_out);
     if (c->kind == CK_DIRECT_TCPIP) {
-        json_t *ev = audit_base(c->s, SP_AUDIT_SSH_ACTIVITY, "forward-end", true);
+        json_t *ev = audit_base(c->s, SP_AUDIT_SSH_CLOSE, "forward-end", true);
         char dest[300];
         snprintf(dest, sizeof(dest), "%s:%d", c->dest_host, c->dest_port);
         json_object_set_new(ev, "destination", json_string(dest));
@@ -1626,7 +1626,7 @@ static void dispatch(ssh_sess *s, ssh_message m)
         break;
     case SSH_REQUEST_GLOBAL:
         if (ssh_message_subtype(m) == SSH_GLOBAL_REQUEST_TCPIP_FORWARD) {
-            json_t *ev = audit_base(s, SP_AUDIT_SSH_ACTIVITY, "forward-refused", false);
+            json_t *ev = audit_base(s, SP_AUDIT_SSH_REFUSE, "forward-refused", false);
             json_object_set_new(ev, "status_detail",
                                 json_string("remote port forwarding is not supported"));
             sp_audit_emit(ev);
