@@ -132,6 +132,7 @@ static void verify_one(const sp_session_row *r, void *arg)
         json_t *o = json_pack("{s:s, s:s, s:s, s:I, s:b, s:s}", "session", r->id, "path",
                               r->recording_path, "status", status, "chunks", (json_int_t)res.chunks,
                               "content_checked", res.content_checked, "detail", res.detail);
+        json_object_set_new(o, "end_reason", json_string(res.end_reason));
         json_object_set_new(o, "bad_chunk",
                             res.has_bad_chunk ? json_integer((json_int_t)res.bad_chunk)
                                               : json_null());

@@ -1,5 +1,5 @@
 /* libFuzzer target: the recording reader must never crash, over-read or loop on any input.
- * Seeds in tests/fuzz/corpus/recording/ are small valid recordings (sealed, unsealed) written
+ * Seeds in tests/fuzz/corpus/fuzz_recording/ are small valid recordings (sealed, unsealed) written
  * under FUZZ_MASTER_KEYS by tests/fuzz/make_recording_seeds.c, so the fuzzer reaches
  * decryption, decompression and event decoding (fuzzing builds skip the authentication
  * checks, see rec_read.c). */

@@ -1,9 +1,9 @@
-/* Writes the recording fuzz seeds (tests/fuzz/corpus/recording/) in the current format, under
+/* Writes the recording fuzz seeds (tests/fuzz/corpus/fuzz_recording/) in the current format, under
  * the fixed master key of fuzz_recording_keys.h and a throwaway signing key. Not part of the
  * build; run after a format change:
  *   cc -I. tests/fuzz/make_recording_seeds.c build/libsallyport_core.a $(pkg-config --libs \
  *      libuv openssl libzstd sqlite3 inih jansson libpq) -lpthread -lm -o /tmp/seeds &&
- *   /tmp/seeds tests/fuzz/corpus/recording */
+ *   /tmp/seeds tests/fuzz/corpus/fuzz_recording */
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <stdio.h>

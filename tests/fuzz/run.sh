@@ -10,7 +10,7 @@ seconds=${1:-30}
 root=$(cd "$(dirname "$0")/../.." && pwd)
 build=$root/build-fuzz
 artifacts=$build/fuzz-artifacts
-targets="fuzz_pg_startup fuzz_pg_msg fuzz_scram fuzz_config fuzz_sshcert fuzz_audit fuzz_recording"
+targets="fuzz_pg_startup fuzz_pg_msg fuzz_scram fuzz_config fuzz_sshcert fuzz_audit fuzz_recording fuzz_sftp"
 
 CC=clang cmake -S "$root" -B "$build" -DSP_FUZZ=ON -DSP_TESTS=OFF >/dev/null || exit 1
 # shellcheck disable=SC2086

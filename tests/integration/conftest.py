@@ -164,6 +164,9 @@ class Gateway:
         self.log_checked = 0
         self.roles = {k: dict(v) for k, v in BASE_ROLES.items()}
         self.main_extra = {}  # extra [sallyport] keys a test sets (and restores)
+        # An ASan build keeps freed memory in quarantine, so RSS checks apply to release only.
+        ldd = subprocess.run(["ldd", str(self.bin)], capture_output=True, text=True).stdout
+        self.sanitized = "libasan" in ldd
 
     # -- files -------------------------------------------------------------------------
     def prepare(self):

@@ -67,7 +67,8 @@ def test_a_thousand_malformed_connections_leave_no_trace(gateway, new_name):
     assert bystander.execute("select 1").fetchone()[0] == 1
     # Closing sessions linger up to two seconds before their memory goes.
     wait_until(lambda: fds(pid) <= base_fds, 15, what="descriptors back to baseline")
-    assert rss_kib(pid) - base_rss < 16 * 1024, (base_rss, rss_kib(pid))
+    if not gateway.sanitized:  # ASan's allocator quarantines freed memory: RSS says nothing
+        assert rss_kib(pid) - base_rss < 16 * 1024, (base_rss, rss_kib(pid))
     bystander.close()
 
 
