@@ -377,7 +377,7 @@ static void set_defaults(sp_config *c)
     c->audit_fsync = SP_AUDIT_FSYNC_LINE;
     c->audit_batch = 100 * 1000;
     c->audit_checkpoint_interval = 5 * 60 * 1000000LL;
-    c->max_client_conn = 10000;
+    c->max_client_conn = 1000;
     c->handshake_timeout = 10 * 1000000LL;
     c->drain_timeout = 30 * 1000000LL;
     c->lease_idle = 10 * 60 * 1000000LL;
