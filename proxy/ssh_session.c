@@ -80,6 +80,13 @@ typedef struct ssh_chan {
     int exit_status;
     char exit_signal[32];
     uint64_t bytes_in, bytes_out; /* client->target, target->client */
+    /* Bytes read from one side that the other did not take yet (libssh accepts no channel
+     * data while its session re-keys): target stdout, target stderr, client input. At most
+     * one MOVE_CHUNK each; nothing more is read in that direction until they are written. */
+    struct pending {
+        uint8_t *data;
+        uint32_t len, off;
+    } pending_out[3];
     sp_sftp sftp;
     struct ssh_channel_callbacks_struct cl_cb, up_cb;
 } ssh_chan;
@@ -368,8 +375,22 @@ static void release_session_state(ssh_sess *s)
         job_done(j);
 }
 
+/* libssh keeps a channel we freed, with its callback list, until the peer's close arrives,
+ * and calls those callbacks meanwhile (window adjusts, and every channel after a key
+ * re-exchange): our callback structs live in c, so they must be unregistered before c goes. */
+static void unregister_callbacks(ssh_chan *c)
+{
+    if (c->cl)
+        ssh_remove_channel_callbacks(c->cl, &c->cl_cb);
+    if (c->up)
+        ssh_remove_channel_callbacks(c->up, &c->up_cb);
+}
+
 static void free_chan(ssh_chan *c)
 {
+    unregister_callbacks(c);
+    for (size_t i = 0; i < SP_ARRAY_LEN(c->pending_out); i++)
+        free(c->pending_out[i].data);
     if (c->open_msg)
         ssh_message_free(c->open_msg);
     for (size_t i = 0; i < c->n_pending; i++)
@@ -1452,11 +1473,45 @@ static void chan_request(ssh_sess *s, ssh_message m)
 /* Move what `from` holds into `to` while `to` has window and its connection is not backed up.
  * Leftover bytes stay in libssh's channel buffer (bounded by the window we advertised) and
  * move on the next event: the window adjust or the socket draining wakes us. */
+static int relay_write(ssh_channel to, const uint8_t *p, uint32_t n, int is_stderr, bool to_client)
+{
+    return is_stderr && to_client ? ssh_channel_write_stderr(to, p, n)
+                                  : ssh_channel_write(to, p, n);
+}
+
+/* Write what an earlier move() could not: 1 when nothing is left, 0 when the destination
+ * still takes nothing, -1 on an error. */
+static int flush_pending(struct pending *p, ssh_channel to, int is_stderr, bool to_client)
+{
+    while (p->off < p->len) {
+        int wr = relay_write(to, p->data + p->off, p->len - p->off, is_stderr, to_client);
+        if (wr < 0)
+            return -1;
+        if (wr == 0)
+            return 0;
+        p->off += (uint32_t)wr;
+    }
+    free(p->data);
+    *p = (struct pending){0};
+    return 1;
+}
+
+static bool has_pending(const ssh_chan *c, bool to_client)
+{
+    return to_client ? (c->pending_out[0].len || c->pending_out[1].len) : c->pending_out[2].len;
+}
+
 static int move(ssh_chan *c, ssh_channel from, ssh_channel to, int is_stderr, bool to_client)
 {
     ssh_sess *s = c->s;
     ssh_session dst = to_client ? s->cl : s->up;
     uint8_t *buf = s->w->read_buf;
+    struct pending *pend = &c->pending_out[to_client ? is_stderr : 2];
+    if (pend->len) {
+        int rc = flush_pending(pend, to, is_stderr, to_client);
+        if (rc <= 0)
+            return rc;
+    }
     for (;;) {
         if (ssh_get_poll_flags(dst) & SSH_WRITE_PENDING)
             return 0;
@@ -1474,10 +1529,16 @@ static int move(ssh_chan *c, ssh_channel from, ssh_channel to, int is_stderr, bo
         int n = ssh_channel_read_nonblocking(from, buf, want, is_stderr);
         if (n <= 0)
             return n < 0 ? -1 : 0;
-        int wr = is_stderr && to_client ? ssh_channel_write_stderr(to, buf, (uint32_t)n)
-                                        : ssh_channel_write(to, buf, (uint32_t)n);
-        if (wr != n)
+        int wr = relay_write(to, buf, (uint32_t)n, is_stderr, to_client);
+        if (wr < 0)
             return -1;
+        if (wr < n) { /* the destination is re-keying: keep the rest for the next round */
+            pend->data = malloc((size_t)(n - wr));
+            if (!pend->data)
+                return -1;
+            memcpy(pend->data, buf + wr, (size_t)(n - wr));
+            pend->len = (uint32_t)(n - wr);
+        }
         s->last_activity = sp_mono_us();
         if (to_client) {
             c->bytes_out += (uint64_t)n;
@@ -1496,6 +1557,8 @@ static int move(ssh_chan *c, ssh_channel from, ssh_channel to, int is_stderr, bo
         }
         if (s->state != SS_RELAY)
             return -1;
+        if (pend->len)
+            return 0;
     }
 }
 
@@ -1540,6 +1603,7 @@ static void chan_close_both(ssh_chan *c)
         ssh_channel_close(c->cl);
     if (!ssh_channel_is_closed(c->up))
         ssh_channel_close(c->up);
+    unregister_callbacks(c);
     ssh_channel_free(c->cl);
     ssh_channel_free(c->up);
     c->cl = c->up = NULL;
@@ -1557,17 +1621,17 @@ static void chan_pump(ssh_chan *c)
             chan_close_both(c);
         return;
     }
-    if (!c->eof_to_up && ssh_channel_poll(c->cl, 0) == SSH_EOF) {
+    if (!c->eof_to_up && !has_pending(c, false) && ssh_channel_poll(c->cl, 0) == SSH_EOF) {
         c->eof_to_up = true;
         ssh_channel_send_eof(c->up);
     }
     bool up_done = ssh_channel_is_closed(c->up) || ssh_channel_is_eof(c->up);
-    if (!c->eof_to_cl && up_done && drained(c->up)) {
+    if (!c->eof_to_cl && up_done && drained(c->up) && !has_pending(c, true)) {
         c->eof_to_cl = true;
         if (!ssh_channel_is_closed(c->cl))
             ssh_channel_send_eof(c->cl);
     }
-    if (ssh_channel_is_closed(c->up) && drained(c->up)) {
+    if (ssh_channel_is_closed(c->up) && drained(c->up) && !has_pending(c, true)) {
         if (!ssh_channel_is_closed(c->cl))
             send_exit(c);
         chan_close_both(c);
@@ -1664,8 +1728,13 @@ static void step(ssh_sess *s)
     client_messages(s);
     if (s->state == SS_RELAY)
         chans_step(s);
-    if (s->state < SS_CLOSING && s->cl && (ssh_get_status(s->cl) & (SSH_CLOSED | SSH_CLOSED_ERROR)))
+    if (s->state < SS_CLOSING && s->cl &&
+        (ssh_get_status(s->cl) & (SSH_CLOSED | SSH_CLOSED_ERROR))) {
+        if (ssh_get_status(s->cl) & SSH_CLOSED_ERROR)
+            sp_info("ssh %s %s: client connection failed: %s", s->id, s->peer,
+                    ssh_get_error(s->cl));
         end_session(s, "client-closed");
+    }
     if (s->state < SS_CLOSING && s->up && s->state >= SS_RELAY &&
         (ssh_get_status(s->up) & (SSH_CLOSED | SSH_CLOSED_ERROR)))
         end_session(s, "target-closed");
