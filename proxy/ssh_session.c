@@ -40,6 +40,8 @@
 #define DOPOLL_ROUNDS 64
 #define TARGET_CERT_LIFETIME_S 300
 #define TARGET_CERT_BACKDATE_S 30
+#define STATUS_INTERVAL_US (10 * 1000000LL)
+#define RECORDING_FAILED_MESSAGE "the session recording cannot be written (recording = strict)"
 
 typedef enum ss_state {
     SS_KEX,        /* key exchange with the client */
@@ -139,6 +141,7 @@ typedef struct ssh_sess {
     int64_t started_mono;
     int64_t last_activity;
     int64_t last_keepalive;
+    int64_t last_status; /* mono us of the last sessions-index update */
     int64_t closing_since;
     uint64_t bytes_in, bytes_out;
     char end_reason[160];
@@ -183,7 +186,7 @@ static void rec_fail_check(ssh_sess *s)
         return;
     s->rec_failed_noted = true;
     sp_error("ssh %s: recording failed: %s", s->id, sp_rec_error(s->rec));
-    json_t *ev = audit_base(s, SP_AUDIT_SSH_RECORDING_GAP, "recording-failed", false);
+    json_t *ev = audit_base(s, SP_AUDIT_SSH_RECORDING_GAP, "recording-gap", false);
     json_object_set_new(ev, "status_detail", json_string(sp_rec_error(s->rec)));
     sp_audit_emit(ev);
     if (s->dec.role && s->dec.role->recording == SP_REC_STRICT)
@@ -452,14 +455,24 @@ static void end_session(ssh_sess *s, const char *reason)
     s->closing_since = sp_mono_us();
 
     bool client_gone = !s->cl || (ssh_get_status(s->cl) & (SSH_CLOSED | SSH_CLOSED_ERROR));
+    bool rec_failed = strcmp(reason, "recording-failed") == 0;
+    const char *why = rec_failed ? RECORDING_FAILED_MESSAGE : reason;
+    char msg[256];
+    snprintf(msg, sizeof(msg), "sallyport: session ended: %s", why);
+    if (!client_gone)
+        ssh_session_set_disconnect_message(s->cl, msg);
     for (ssh_chan *c = s->chans; c; c = c->next) {
         if (c->state != CH_OPEN || !c->cl || client_gone)
             continue;
         if (!ssh_channel_is_closed(c->cl)) {
-            if (c->has_pty && strcmp(reason, "client-closed") != 0) {
-                char msg[256];
-                snprintf(msg, sizeof(msg), "\r\nsallyport: session ended: %s\r\n", reason);
-                ssh_channel_write_stderr(c->cl, msg, (uint32_t)strlen(msg));
+            /* A terminal shows why; so does the stderr of a command whose recording failed,
+             * since the client may close before the disconnect reason arrives. */
+            bool tell = (c->has_pty && strcmp(reason, "client-closed") != 0) ||
+                        (rec_failed && c->kind == CK_SESSION && !c->is_sftp);
+            if (tell) {
+                char line[300];
+                snprintf(line, sizeof(line), "\r\n%s\r\n", msg);
+                ssh_channel_write_stderr(c->cl, line, (uint32_t)strlen(line));
             }
             ssh_channel_send_eof(c->cl);
             ssh_channel_close(c->cl);
@@ -1884,13 +1897,61 @@ void ssh_session_end_all(sp_worker *w, const char *reason)
     }
 }
 
+typedef struct status_job {
+    uv_work_t req;
+    sp_store *store;
+    char id[40];
+    int64_t chunks;
+} status_job;
+
+static void status_work(uv_work_t *req)
+{
+    status_job *j = req->data;
+    char err[256];
+    if (sp_store_session_progress(j->store, j->id, j->chunks, err, sizeof(err)) < 0)
+        sp_warn("ssh %s: sessions index not updated: %s", j->id, err);
+}
+
+static void status_after(uv_work_t *req, int status)
+{
+    (void)status;
+    free(req->data);
+}
+
+/* The sessions index keeps the latest chunk count so verify can tell a recording cut short
+ * from one the gateway stopped writing; the update runs on the thread pool. */
+static void queue_progress_update(ssh_sess *s)
+{
+    status_job *j = calloc(1, sizeof(*j));
+    if (!j)
+        return;
+    j->req.data = j;
+    j->store = s->gw->store;
+    snprintf(j->id, sizeof(j->id), "%s", s->id);
+    j->chunks = (int64_t)sp_rec_chunks(s->rec);
+    if (uv_queue_work(&s->w->loop, &j->req, status_work, status_after) < 0)
+        free(j);
+}
+
 void ssh_session_flush_all(sp_worker *w)
 {
-    for (ssh_sess *s = w->ssh_sessions; s; s = s->next) {
+    int64_t now = sp_mono_us();
+    /* rec_fail_check may end a session, which unlinks it: take the next one first. */
+    for (ssh_sess *s = w->ssh_sessions, *next; s; s = next) {
+        next = s->next;
         if (!s->rec)
             continue;
         sp_rec_flush(s->rec, w->zctx, &w->loop);
         rec_fail_check(s);
+        if (s->state == SS_CLOSING) {
+            /* Ended here (strict recording): send the goodbye now, not at the next tick. */
+            drive(s);
+            continue;
+        }
+        if (!s->rec || !s->row_started || now - s->last_status < STATUS_INTERVAL_US)
+            continue;
+        s->last_status = now;
+        queue_progress_update(s);
     }
 }
 
