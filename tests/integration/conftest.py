@@ -202,6 +202,8 @@ class Gateway:
             "lease_idle = 3s",
             f"session_notice = {SESSION_NOTICE}",
             "log_level = info",
+            # Above the 2,000-connection flood the robustness tests hold at once.
+            "max_client_conn = 5000",
             *[f"{k} = {v}" for k, v in self.main_extra.items()],
             "",
             "[target clinic]",
