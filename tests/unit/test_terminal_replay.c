@@ -13,9 +13,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "rec_test_keys.h"
 #include "recorder/rec.h"
 #include "replay/replay.h"
-#include "rec_test_keys.h"
 
 #define T0 1796300000000000LL /* 2026-12-03T12:13:20Z */
 #define MS 1000LL
