@@ -1,5 +1,6 @@
 #include "common/config.h"
 
+#include <errno.h>
 #include <ini.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -292,6 +293,9 @@ static int on_target(parse_ctx *p, int line, sp_target *t, const char *k, const 
         set_str(&t->reassign_owner, v);
     } else if (!strcmp(k, "host_key")) {
         set_str(&t->host_key, v);
+    } else if (!strcmp(k, "host_key_file")) {
+        free(t->host_key_file);
+        t->host_key_file = path_value(p, v);
     } else if (!strcmp(k, "connect_timeout")) {
         if (sp_parse_duration(v, &t->connect_timeout) < 0 || t->connect_timeout <= 0)
             return fail(p, line, "connect_timeout: expected a duration, got \"%s\"%s", v, "");
@@ -393,6 +397,54 @@ static void set_defaults(sp_config *c)
     atomic_init(&c->refs, 1);
 }
 
+static bool is_key_type(const char *f)
+{
+    return !strncmp(f, "ssh-", 4) || !strncmp(f, "ecdsa-", 6) || !strncmp(f, "sk-", 3);
+}
+
+/* The pinned host key from a file: the first line that holds "TYPE BASE64", either alone
+ * (an ssh-keygen .pub file) or after host names (a known_hosts line; marker lines such as
+ * @cert-authority are skipped: this pins one key). A public key, so no owner-only check;
+ * read bounded, since a key line is short. */
+static int load_host_key_file(sp_config *c, sp_target *t, char *err, size_t errlen)
+{
+    if (t->host_key) {
+        snprintf(err, errlen, "%s: [target %s] has both host_key and host_key_file; keep one",
+                 c->path, t->name);
+        return -1;
+    }
+    FILE *f = fopen(t->host_key_file, "r");
+    if (!f) {
+        snprintf(err, errlen, "%s: [target %s] host_key_file %s: %s", c->path, t->name,
+                 t->host_key_file, strerror(errno));
+        return -1;
+    }
+    char line[8192];
+    bool oom = false;
+    while (!t->host_key && !oom && fgets(line, sizeof line, f)) {
+        char *save = NULL, *fields[3] = {0};
+        size_t n = 0;
+        for (char *tok = strtok_r(line, " \t\r\n", &save); tok && n < 3;
+             tok = strtok_r(NULL, " \t\r\n", &save))
+            fields[n++] = tok;
+        if (n == 0 || fields[0][0] == '#' || fields[0][0] == '@')
+            continue;
+        size_t at = is_key_type(fields[0]) ? 0 : 1;
+        if (n < at + 2 || !is_key_type(fields[at]))
+            continue;
+        char joined[sizeof line + 1];
+        snprintf(joined, sizeof joined, "%s %s", fields[at], fields[at + 1]);
+        oom = !set_str(&t->host_key, joined);
+    }
+    fclose(f);
+    if (!t->host_key) {
+        snprintf(err, errlen, "%s: [target %s] host_key_file %s holds no \"TYPE BASE64\" key line",
+                 c->path, t->name, t->host_key_file);
+        return -1;
+    }
+    return 0;
+}
+
 static int validate(sp_config *c, char *err, size_t errlen)
 {
     if (!c->store_path) {
@@ -431,11 +483,14 @@ static int validate(sp_config *c, char *err, size_t errlen)
                      c->path, t->name);
             return -1;
         }
+        if (t->host_key_file && load_host_key_file(c, t, err, errlen) < 0)
+            return -1;
         if (t->kind == SP_TARGET_SSH && !t->host_key) {
-            snprintf(err, errlen,
-                     "%s: [target %s] needs host_key = the target's host public key "
-                     "(ssh-keyscan it, check it, paste the line)",
-                     c->path, t->name);
+            snprintf(
+                err, errlen,
+                "%s: [target %s] needs host_key = the target's host public key, or host_key_file "
+                "(ssh-keyscan it, check it, paste the line)",
+                c->path, t->name);
             return -1;
         }
         if (t->kind == SP_TARGET_POSTGRES && !t->database) {
@@ -539,6 +594,7 @@ void sp_config_unref(sp_config *c)
         free(t->admin_dsn_file);
         free(t->reassign_owner);
         free(t->host_key);
+        free(t->host_key_file);
     }
     for (size_t i = 0; i < c->n_roles; i++) {
         sp_role *r = &c->roles[i];

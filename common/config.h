@@ -32,6 +32,7 @@ typedef struct sp_target {
     char *reassign_owner;    /* objects owned by a dropped ephemeral role go to this role */
     int64_t connect_timeout; /* us */
     char *host_key;          /* ssh: the target's host public key, OpenSSH one-line form */
+    char *host_key_file;     /* ssh: or a file holding it (a .pub file, a known_hosts line) */
 } sp_target;
 
 typedef struct sp_role {

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# sallyport in front of a local PostgreSQL, in one command.
+# sallyport in front of a local PostgreSQL and a local sshd, in one command.
 #
 #   ./deploy/quickstart.sh         start (or restart) everything and print how to connect
-#   ./deploy/quickstart.sh stop    stop the gateway and the PostgreSQL it fronts
+#   ./deploy/quickstart.sh stop    stop the gateway and the PostgreSQL and sshd it fronts
 #   ./deploy/quickstart.sh reset   stop, then delete .quickstart/ (store, recordings, audit
 #                                  trail, PostgreSQL) so the next start begins afresh
 #
@@ -12,7 +12,14 @@
 #               as docs/hardening.md says, with the synthetic PHI schema (deploy/phi_schema.sql),
 #               and the gateway's client certificate (gateway-client.pem/.key) without which
 #               the ephemeral roles cannot log in
+#   sshd/       a private OpenSSH sshd on 127.0.0.1:55022 (run as root only) that admits
+#               nothing but certificates from the gateway's target CA (TrustedUserCAKeys), with
+#               the login clinic-ops (a local user the script creates)
 #   gateway.pem, gateway.key, gateway-ca.pem   the gateway's TLS certificate and its CA
+#   ssh_host_ed25519_key, ssh_user_ca.pem, ssh_target_ca.pem   the gateway's SSH host key and
+#               its two SSH CAs (`sallyport ca init`)
+#   alice_ed25519, alice_ed25519-cert.pub, known_hosts   alice's demo SSH key, the certificate
+#               the gateway issued for it, and the gateway's host key for the ssh client
 #   gateway.secret, admin.dsn                  owner-only secrets named by the config
 #   master.keys, signing.pem                   recording keys (`sallyport keys init`)
 #   sallyport.db, recordings/, audit/          the store, session recordings, audit trail
@@ -31,6 +38,9 @@ CONF=$REPO/conf/sallyport.ini
 BIN=$REPO/build/sallyport
 PG_PORT=55432
 GW_PORT=6432
+SSHD_PORT=55022
+GW_SSH_PORT=2222
+SSH_LOGIN=clinic-ops
 
 # shellcheck source=tests/lib/packages.sh
 source "$REPO/tests/lib/packages.sh"
@@ -64,9 +74,67 @@ stop_postgres() {
     "$REPO/tests/lib/pgcluster.sh" stop "$QS/postgres"
 }
 
+stop_sshd() {
+    [[ -f $QS/sshd/sshd.pid ]] || return 0
+    local pid
+    pid=$(cat "$QS/sshd/sshd.pid")
+    if kill -0 "$pid" 2>/dev/null; then
+        say "stopping the demo sshd (pid $pid)"
+        kill -TERM "$pid"
+    fi
+    rm -f "$QS/sshd/sshd.pid"
+}
+
 stop_all() {
     stop_gateway
+    stop_sshd
     stop_postgres
+}
+
+# Host keys made once and kept: the configuration pins the sshd's (host_key_file), and ssh
+# clients remember the gateway's. Also made for a .quickstart/ from before SSH was added.
+ensure_ssh_keys() {
+    mkdir -p "$QS/sshd"
+    [[ -s $QS/sshd/ssh_host_ed25519_key ]] ||
+        ssh-keygen -q -t ed25519 -N '' -C phi-host -f "$QS/sshd/ssh_host_ed25519_key"
+    [[ -s $QS/ssh_host_ed25519_key ]] ||
+        ssh-keygen -q -t ed25519 -N '' -C sallyport-gateway -f "$QS/ssh_host_ed25519_key"
+    printf '[127.0.0.1]:%s %s\n' "$GW_SSH_PORT" \
+        "$(cut -d' ' -f1,2 "$QS/ssh_host_ed25519_key.pub")" >"$QS/known_hosts"
+}
+
+# The target: a private sshd that trusts only the gateway's target CA. sshd must run as root
+# to log users in; as another user the SSH half of the demo is skipped.
+start_sshd() {
+    stop_sshd
+    if [[ $EUID -ne 0 ]]; then
+        say "not root: the demo sshd is not started (the PostgreSQL demo works as it is)"
+        return 0
+    fi
+    id "$SSH_LOGIN" >/dev/null 2>&1 || useradd -m -s /bin/bash "$SSH_LOGIN"
+    # Without PAM, sshd refuses a locked account ('!') even with a valid certificate.
+    usermod -p '*' "$SSH_LOGIN"
+    cli ca show --target-ca >"$QS/sshd/trusted_user_ca.pub"
+    cat >"$QS/sshd/sshd_config" <<CONF
+Port $SSHD_PORT
+ListenAddress 127.0.0.1
+HostKey $QS/sshd/ssh_host_ed25519_key
+PidFile $QS/sshd/sshd.pid
+TrustedUserCAKeys $QS/sshd/trusted_user_ca.pub
+AuthorizedKeysFile none
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+PermitRootLogin no
+AllowTcpForwarding yes
+LogLevel VERBOSE
+Subsystem sftp internal-sftp
+CONF
+    mkdir -p /run/sshd
+    chmod 755 /run/sshd
+    say "starting the demo sshd (the target phi-host) on 127.0.0.1:$SSHD_PORT"
+    /usr/sbin/sshd -f "$QS/sshd/sshd_config" -E "$QS/sshd/sshd.log" ||
+        die "sshd did not start; see $QS/sshd/sshd.log"
 }
 
 # The PostgreSQL user must reach its data directory; a repository under a private home
@@ -104,10 +172,13 @@ make_gateway_files() {
 }
 
 start_gateway() {
-    say "starting sallyport on 127.0.0.1:$GW_PORT"
-    # Recording keys (master key, signing key): made once, kept across runs (idempotent).
+    say "starting sallyport on 127.0.0.1:$GW_PORT (PostgreSQL) and 127.0.0.1:$GW_SSH_PORT (SSH)"
+    # Recording keys (master key, signing key) and the SSH CAs: made once, kept across runs
+    # (both commands are idempotent).
     "$BIN" -c "$CONF" keys init >>"$QS/sallyport.log" 2>&1 ||
         die "cannot create the recording keys; see $QS/sallyport.log"
+    "$BIN" -c "$CONF" ca init >>"$QS/sallyport.log" 2>&1 ||
+        die "cannot create the SSH CAs; see $QS/sallyport.log"
     "$BIN" serve -c "$CONF" </dev/null >>"$QS/sallyport.log" 2>&1 &
     echo $! >"$QS/sallyport.pid"
     for _ in $(seq 1 100); do
@@ -155,6 +226,7 @@ reset() {
         ".quickstart/recordings/" "$recordings session recording(s)" \
         ".quickstart/audit/" "the audit trail ($audit_files file(s))" \
         ".quickstart/ (the rest)" "the gateway's keys, certificates, secret, admin DSN and log" \
+        ".quickstart/sshd/" "the demo sshd's host key, configuration and log" \
         "$cluster" "the PostgreSQL cluster with the clinic database"
     [[ -L $QS/postgres ]] && rm -rf "$cluster"
     rm -rf "$QS"
@@ -208,6 +280,12 @@ seed_demo() {
         say "granting alice the reader role"
         cli grant alice reader --reason "quickstart: read the synthetic PHI" >/dev/null
     fi
+    if ! grep -q '^  #[0-9]* ops,' <<<"$shown"; then
+        say "granting alice the ops role (SSH as $SSH_LOGIN on phi-host)"
+        cli grant alice ops --reason "quickstart: look after the PHI host" >/dev/null
+    fi
+    [[ -s $QS/alice_ed25519 ]] ||
+        ssh-keygen -q -t ed25519 -N '' -C alice-quickstart -f "$QS/alice_ed25519"
 }
 
 main() {
@@ -225,7 +303,8 @@ main() {
     *) die "usage: ./deploy/quickstart.sh [stop|reset]" ;;
     esac
 
-    sp_ensure_packages "${SP_BUILD_PACKAGES[@]}" "${SP_POSTGRES_PACKAGES[@]}" ||
+    sp_ensure_packages "${SP_BUILD_PACKAGES[@]}" "${SP_POSTGRES_PACKAGES[@]}" \
+        "${SP_SSH_PACKAGES[@]}" ||
         die "cannot install the packages above"
     say "building build/sallyport (release)"
     cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DSP_TESTS=OFF >/dev/null
@@ -242,14 +321,18 @@ from it, then run ./deploy/quickstart.sh reset (it deletes .quickstart/) and sta
         stop_postgres
         fresh_setup
     fi
+    ensure_ssh_keys
     start_gateway
+    start_sshd
     seed_demo
     local token
     token=$(cli cred issue alice | head -n 1)
+    cli cred issue alice --ssh-key "$QS/alice_ed25519.pub" --force >/dev/null
 
     cat <<EOF
 
-sallyport is running on 127.0.0.1:$GW_PORT in front of PostgreSQL on 127.0.0.1:$PG_PORT.
+sallyport is running on 127.0.0.1:$GW_PORT in front of PostgreSQL on 127.0.0.1:$PG_PORT,
+and on 127.0.0.1:$GW_SSH_PORT in front of sshd on 127.0.0.1:$SSHD_PORT.
 Configuration: conf/sallyport.ini    log: .quickstart/sallyport.log
 
 Connect as alice (the token is valid for 15 minutes; \`build/sallyport -c conf/sallyport.ini cred issue alice\` makes another):
@@ -257,6 +340,13 @@ Connect as alice (the token is valid for 15 minutes; \`build/sallyport -c conf/s
   PGPASSWORD='$token' psql "host=127.0.0.1 port=$GW_PORT user=alice dbname=clinic sslmode=verify-full sslrootcert=.quickstart/gateway-ca.pem"
 
   clinic=> SELECT mrn, given_name, family_name FROM patients ORDER BY id LIMIT 5;
+
+Or reach the host phi-host over SSH as $SSH_LOGIN (the certificate in
+.quickstart/alice_ed25519-cert.pub is valid for 15 minutes;
+\`build/sallyport -c conf/sallyport.ini cred issue alice --ssh-key .quickstart/alice_ed25519.pub --force\`
+renews it):
+
+  ssh -p $GW_SSH_PORT -i .quickstart/alice_ed25519 -o UserKnownHostsFile=.quickstart/known_hosts $SSH_LOGIN+phi-host@127.0.0.1
 
 Then look at what was recorded:
 

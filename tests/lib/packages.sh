@@ -6,6 +6,7 @@
 SP_BUILD_PACKAGES=(build-essential cmake pkg-config libuv1-dev libssl-dev libzstd-dev
     libsqlite3-dev libinih-dev libjansson-dev libpq-dev libssh-dev openssl)
 SP_POSTGRES_PACKAGES=(postgresql-15 postgresql-client-15)
+SP_SSH_PACKAGES=(openssh-server openssh-client)
 SP_TEST_PACKAGES=(libcmocka-dev python3-pytest python3-psycopg python3-paramiko clang
     openssh-server openssh-client rsync tmux)
 
