@@ -1,7 +1,10 @@
 #include "proxy/gateway.h"
 
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
+#include "common/log.h"
 #include "common/util.h"
 
 sp_config *sp_gateway_config(sp_gateway *g)
@@ -125,4 +128,39 @@ sp_worker *sp_gateway_find_session(sp_gateway *g, const char *session_id)
     }
     pthread_mutex_unlock(&g->mu);
     return w;
+}
+
+typedef struct progress_job {
+    uv_work_t req;
+    sp_store *store;
+    char id[40];
+    int64_t chunks;
+} progress_job;
+
+static void progress_work(uv_work_t *req)
+{
+    progress_job *j = req->data;
+    char err[256];
+    if (sp_store_session_progress(j->store, j->id, j->chunks, err, sizeof(err)) < 0)
+        sp_warn("session %s: sessions index not updated: %s", j->id, err);
+}
+
+static void progress_after(uv_work_t *req, int status)
+{
+    (void)status;
+    free(req->data);
+}
+
+void sp_gateway_queue_progress(sp_gateway *g, uv_loop_t *loop, const char *session_id,
+                               int64_t chunks)
+{
+    progress_job *j = calloc(1, sizeof(*j));
+    if (!j)
+        return;
+    j->req.data = j;
+    j->store = g->store;
+    snprintf(j->id, sizeof(j->id), "%s", session_id);
+    j->chunks = chunks;
+    if (uv_queue_work(loop, &j->req, progress_work, progress_after) < 0)
+        free(j);
 }

@@ -79,4 +79,12 @@ void sp_gateway_live_backend(sp_gateway *g, sp_live *l, uint32_t pid, uint32_t k
 bool sp_gateway_cancel_lookup(sp_gateway *g, uint32_t pid, uint32_t key, uint32_t *be_pid,
                               uint32_t *be_key, struct sockaddr_storage *addr, char *session_id);
 
+/* Record a live session's chunk count in the sessions index, on loop's thread pool, so
+ * verify can tell a recording cut short from one the gateway stopped writing. Best effort:
+ * a failure is logged, and the next update (or the end of the session) catches up. */
+void sp_gateway_queue_progress(sp_gateway *g, uv_loop_t *loop, const char *session_id,
+                               int64_t chunks);
+/* How often a live session queues that update. */
+#define SP_PROGRESS_INTERVAL_US (10 * 1000000LL)
+
 #endif

@@ -21,7 +21,6 @@
 #include "recorder/rec.h"
 
 #define MAX_TOKENS 32
-#define STATUS_INTERVAL_US (10 * 1000000LL)
 #define LINGER_MS 2000
 
 /* The startup parameters a client may pass on to the upstream (DESIGN.md). */
@@ -1751,27 +1750,6 @@ void pg_session_end_all(sp_worker *w, const char *reason)
     }
 }
 
-typedef struct status_job {
-    uv_work_t req;
-    sp_store *store;
-    char id[40];
-    int64_t chunks;
-} status_job;
-
-static void status_work(uv_work_t *req)
-{
-    status_job *j = req->data;
-    char err[256];
-    if (sp_store_session_progress(j->store, j->id, j->chunks, err, sizeof(err)) < 0)
-        sp_warn("pg %s: sessions index not updated: %s", j->id, err);
-}
-
-static void status_after(uv_work_t *req, int status)
-{
-    (void)status;
-    free(req->data);
-}
-
 void pg_session_flush_all(sp_worker *w)
 {
     int64_t now = sp_mono_us();
@@ -1781,17 +1759,9 @@ void pg_session_flush_all(sp_worker *w)
             continue;
         sp_rec_flush(s->rec, w->zctx, &w->loop);
         rec_fail_check(s);
-        if (s->state == PS_CLOSING || !s->rec || now - s->last_status < STATUS_INTERVAL_US)
+        if (s->state == PS_CLOSING || !s->rec || now - s->last_status < SP_PROGRESS_INTERVAL_US)
             continue;
         s->last_status = now;
-        status_job *j = calloc(1, sizeof(*j));
-        if (!j)
-            continue;
-        j->req.data = j;
-        j->store = s->gw->store;
-        snprintf(j->id, sizeof(j->id), "%s", s->id);
-        j->chunks = (int64_t)sp_rec_chunks(s->rec);
-        if (uv_queue_work(&w->loop, &j->req, status_work, status_after) < 0)
-            free(j);
+        sp_gateway_queue_progress(s->gw, &w->loop, s->id, (int64_t)sp_rec_chunks(s->rec));
     }
 }

@@ -40,7 +40,6 @@
 #define DOPOLL_ROUNDS 64
 #define TARGET_CERT_LIFETIME_S 300
 #define TARGET_CERT_BACKDATE_S 30
-#define STATUS_INTERVAL_US (10 * 1000000LL)
 #define RECORDING_FAILED_MESSAGE "the session recording cannot be written (recording = strict)"
 
 typedef enum ss_state {
@@ -1897,42 +1896,6 @@ void ssh_session_end_all(sp_worker *w, const char *reason)
     }
 }
 
-typedef struct status_job {
-    uv_work_t req;
-    sp_store *store;
-    char id[40];
-    int64_t chunks;
-} status_job;
-
-static void status_work(uv_work_t *req)
-{
-    status_job *j = req->data;
-    char err[256];
-    if (sp_store_session_progress(j->store, j->id, j->chunks, err, sizeof(err)) < 0)
-        sp_warn("ssh %s: sessions index not updated: %s", j->id, err);
-}
-
-static void status_after(uv_work_t *req, int status)
-{
-    (void)status;
-    free(req->data);
-}
-
-/* The sessions index keeps the latest chunk count so verify can tell a recording cut short
- * from one the gateway stopped writing; the update runs on the thread pool. */
-static void queue_progress_update(ssh_sess *s)
-{
-    status_job *j = calloc(1, sizeof(*j));
-    if (!j)
-        return;
-    j->req.data = j;
-    j->store = s->gw->store;
-    snprintf(j->id, sizeof(j->id), "%s", s->id);
-    j->chunks = (int64_t)sp_rec_chunks(s->rec);
-    if (uv_queue_work(&s->w->loop, &j->req, status_work, status_after) < 0)
-        free(j);
-}
-
 void ssh_session_flush_all(sp_worker *w)
 {
     int64_t now = sp_mono_us();
@@ -1948,10 +1911,10 @@ void ssh_session_flush_all(sp_worker *w)
             drive(s);
             continue;
         }
-        if (!s->rec || !s->row_started || now - s->last_status < STATUS_INTERVAL_US)
+        if (!s->rec || !s->row_started || now - s->last_status < SP_PROGRESS_INTERVAL_US)
             continue;
         s->last_status = now;
-        queue_progress_update(s);
+        sp_gateway_queue_progress(s->gw, &w->loop, s->id, (int64_t)sp_rec_chunks(s->rec));
     }
 }
 
