@@ -14,23 +14,22 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "rec_fixture.h"
 #include "rec_test_keys.h"
 #include "recorder/rec.h"
 
 #define T0 1796300000000000LL /* 2026-12-03 */
 
 typedef struct fixture {
-    char dir[64];
-    ZSTD_CCtx *cctx;
+    rec_scratch scratch;
     sp_rec_meta meta;
 } fixture;
 
 static int setup(void **state)
 {
     fixture *f = calloc(1, sizeof(*f));
-    snprintf(f->dir, sizeof(f->dir), "/tmp/sp-test-rec-XXXXXX");
-    assert_non_null(mkdtemp(f->dir));
-    f->cctx = ZSTD_createCCtx();
+    assert_non_null(f);
+    rec_scratch_open(&f->scratch, "rec");
     f->meta = (sp_rec_meta){.session_id = "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b",
                             .kind = "postgres",
                             .identity = "alice@example.org",
@@ -46,10 +45,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     fixture *f = *state;
-    char cmd[128];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", f->dir);
-    assert_int_equal(system(cmd), 0);
-    ZSTD_freeCCtx(f->cctx);
+    rec_scratch_close(&f->scratch);
     free(f);
     return 0;
 }
@@ -109,16 +105,16 @@ static void write_script_event(sp_rec *r, const expect_ev *e)
 static char *write_script(fixture *f)
 {
     char err[256];
-    sp_rec *r = sp_rec_create(f->dir, &f->meta, 1024, err, sizeof(err));
+    sp_rec *r = sp_rec_create(f->scratch.dir, &f->meta, 1024, err, sizeof(err));
     assert_non_null(r);
     char *path = strdup(sp_rec_path(r));
     for (size_t i = 0; i < sizeof(script) / sizeof(script[0]); i++) {
         write_script_event(r, &script[i]);
         if (i == 1 || i == 4 || i == 7)
-            assert_int_equal(sp_rec_flush(r, f->cctx, NULL), 0);
+            assert_int_equal(sp_rec_flush(r, f->scratch.cctx, NULL), 0);
     }
     assert_int_equal(sp_rec_chunks(r), 3);
-    assert_int_equal(sp_rec_close_sync(r, f->cctx, "client closed the connection"), 0);
+    assert_int_equal(sp_rec_close_sync(r, f->scratch.cctx, "client closed the connection"), 0);
     return path;
 }
 
@@ -144,7 +140,7 @@ static void test_round_trip(void **state)
     assert_int_equal(stat(path, &st), 0);
     assert_int_equal(st.st_mode & 0777, 0600);
     char day[256];
-    snprintf(day, sizeof(day), "%s/2026/12/03", f->dir);
+    snprintf(day, sizeof(day), "%s/2026/12/03", f->scratch.dir);
     assert_int_equal(stat(day, &st), 0);
     assert_int_equal(st.st_mode & 0777, 0700);
 
@@ -177,9 +173,9 @@ static void test_round_trip(void **state)
     /* A session id that is a path is refused. */
     sp_rec_meta bad = f->meta;
     bad.session_id = "../../etc/x";
-    assert_null(sp_rec_create(f->dir, &bad, 1024, err, sizeof(err)));
+    assert_null(sp_rec_create(f->scratch.dir, &bad, 1024, err, sizeof(err)));
     /* Creating the same session twice never overwrites. */
-    assert_null(sp_rec_create(f->dir, &f->meta, 1024, err, sizeof(err)));
+    assert_null(sp_rec_create(f->scratch.dir, &f->meta, 1024, err, sizeof(err)));
     assert_non_null(strstr(err, "File exists"));
     free(path);
 }
@@ -322,7 +318,7 @@ static void test_cut_fields_and_unsealed(void **state)
 {
     fixture *f = *state;
     char err[256];
-    sp_rec *r = sp_rec_create(f->dir, &f->meta, 8, err, sizeof(err));
+    sp_rec *r = sp_rec_create(f->scratch.dir, &f->meta, 8, err, sizeof(err));
     assert_non_null(r);
     char *path = strdup(sp_rec_path(r));
     /* "é" is two bytes: a cut at 8 would split it, so the text is cut at 7. */
@@ -336,7 +332,7 @@ static void test_cut_fields_and_unsealed(void **state)
         fields[i] = (sp_rec_field){many[i], 1};
     }
     assert_int_equal(sp_rec_event(r, SP_EV_NOTE, T0 + 7, fields, SP_REC_MAX_FIELDS + 2), 0);
-    assert_int_equal(sp_rec_flush(r, f->cctx, NULL), 0);
+    assert_int_equal(sp_rec_flush(r, f->scratch.cctx, NULL), 0);
     /* The gateway "crashes": no close, the file stays unsealed. */
     sp_rec_reader *rd = sp_rec_reader_open(path, err, sizeof(err));
     assert_non_null(rd);
@@ -357,7 +353,7 @@ static void test_cut_fields_and_unsealed(void **state)
     assert_int_equal(sp_rec_reader_state(rd, &reason), SP_REC_UNSEALED);
     assert_null(reason);
     sp_rec_reader_close(rd);
-    assert_int_equal(sp_rec_close_sync(r, f->cctx, "gateway stopped"), 0);
+    assert_int_equal(sp_rec_close_sync(r, f->scratch.cctx, "gateway stopped"), 0);
     free(path);
 }
 
@@ -368,7 +364,7 @@ static void test_large_events(void **state)
     fixture *f = *state;
     char err[256];
     size_t big = SP_REC_MAX_CHUNK_RAW + 1000;
-    sp_rec *r = sp_rec_create(f->dir, &f->meta, big, err, sizeof(err));
+    sp_rec *r = sp_rec_create(f->scratch.dir, &f->meta, big, err, sizeof(err));
     assert_non_null(r);
     char *path = strdup(sp_rec_path(r));
     char *text = malloc(big);
@@ -379,9 +375,9 @@ static void test_large_events(void **state)
     assert_int_equal(sp_rec_event(r, SP_EV_QUERY, T0 + 1, &field, 1), 0);
     assert_true(sp_rec_wants_flush(r));
     assert_int_equal(sp_rec_eventv(r, SP_EV_QUERY, T0 + 2, "after", NULL), 0);
-    assert_int_equal(sp_rec_flush(r, f->cctx, NULL), 0);
+    assert_int_equal(sp_rec_flush(r, f->scratch.cctx, NULL), 0);
     assert_int_equal(sp_rec_chunks(r), 3);
-    assert_int_equal(sp_rec_close_sync(r, f->cctx, "done"), 0);
+    assert_int_equal(sp_rec_close_sync(r, f->scratch.cctx, "done"), 0);
 
     sp_rec_reader *rd = sp_rec_reader_open(path, err, sizeof(err));
     assert_non_null(rd);
@@ -419,14 +415,14 @@ static void test_close_on_loop(void **state)
     char err[256];
     uv_loop_t loop;
     assert_int_equal(uv_loop_init(&loop), 0);
-    sp_rec *r = sp_rec_create(f->dir, &f->meta, 1024, err, sizeof(err));
+    sp_rec *r = sp_rec_create(f->scratch.dir, &f->meta, 1024, err, sizeof(err));
     assert_non_null(r);
     char *path = strdup(sp_rec_path(r));
     for (size_t i = 0; i < sizeof(script) / sizeof(script[0]); i++)
         write_script_event(r, &script[i]);
-    assert_int_equal(sp_rec_flush(r, f->cctx, &loop), 0);
+    assert_int_equal(sp_rec_flush(r, f->scratch.cctx, &loop), 0);
     close_result res = {0, 99};
-    sp_rec_close(r, f->cctx, &loop, "client closed the connection", on_closed, &res);
+    sp_rec_close(r, f->scratch.cctx, &loop, "client closed the connection", on_closed, &res);
     assert_int_equal(res.calls, 0);
     assert_int_equal(uv_run(&loop, UV_RUN_DEFAULT), 0);
     assert_int_equal(res.calls, 1);
@@ -452,22 +448,22 @@ static void test_close_with_fsync_pending(void **state)
     uv_loop_t loop;
     assert_int_equal(uv_loop_init(&loop), 0);
     f->meta.session_id = "pending-sync";
-    sp_rec *r = sp_rec_create(f->dir, &f->meta, 1024, err, sizeof(err));
+    sp_rec *r = sp_rec_create(f->scratch.dir, &f->meta, 1024, err, sizeof(err));
     assert_non_null(r);
     write_script_event(r, &script[1]);
-    assert_int_equal(sp_rec_flush(r, f->cctx, &loop), 0);
-    assert_int_equal(sp_rec_close_sync(r, f->cctx, "closed with fsync pending"), 0);
+    assert_int_equal(sp_rec_flush(r, f->scratch.cctx, &loop), 0);
+    assert_int_equal(sp_rec_close_sync(r, f->scratch.cctx, "closed with fsync pending"), 0);
 
     f->meta.session_id = "pending-async";
-    r = sp_rec_create(f->dir, &f->meta, 1024, err, sizeof(err));
+    r = sp_rec_create(f->scratch.dir, &f->meta, 1024, err, sizeof(err));
     assert_non_null(r);
     char *path = strdup(sp_rec_path(r));
     write_script_event(r, &script[1]);
-    assert_int_equal(sp_rec_flush(r, f->cctx, &loop), 0);
+    assert_int_equal(sp_rec_flush(r, f->scratch.cctx, &loop), 0);
     write_script_event(r, &script[2]);
-    assert_int_equal(sp_rec_flush(r, f->cctx, &loop), 0); /* no second fsync within 5 s */
+    assert_int_equal(sp_rec_flush(r, f->scratch.cctx, &loop), 0); /* no second fsync within 5 s */
     close_result res = {0, 99};
-    sp_rec_close(r, f->cctx, &loop, "done", on_closed, &res);
+    sp_rec_close(r, f->scratch.cctx, &loop, "done", on_closed, &res);
     assert_int_equal(uv_run(&loop, UV_RUN_DEFAULT), 0);
     assert_int_equal(res.calls, 1);
     assert_int_equal(res.status, 0);
@@ -491,7 +487,7 @@ static void test_write_failure(void **state)
     char err[256];
     if (access("/dev/full", W_OK) != 0)
         skip();
-    sp_rec *r = sp_rec_create(f->dir, &f->meta, 1024, err, sizeof(err));
+    sp_rec *r = sp_rec_create(f->scratch.dir, &f->meta, 1024, err, sizeof(err));
     assert_non_null(r);
     /* Swap the descriptor for /dev/full, which fails every write with ENOSPC. */
     int full = open("/dev/full", O_WRONLY | O_CLOEXEC);
@@ -514,12 +510,12 @@ static void test_write_failure(void **state)
     assert_int_equal(dup2(full, target), target);
     close(full);
     assert_int_equal(sp_rec_eventv(r, SP_EV_QUERY, T0, "select 1", NULL), 0);
-    assert_int_equal(sp_rec_flush(r, f->cctx, NULL), -1);
+    assert_int_equal(sp_rec_flush(r, f->scratch.cctx, NULL), -1);
     assert_true(sp_rec_failed(r));
     assert_non_null(strstr(sp_rec_error(r), "No space left on device"));
     assert_non_null(strstr(sp_rec_error(r), "write /tmp/sp-test-rec-"));
     assert_int_equal(sp_rec_eventv(r, SP_EV_QUERY, T0, "select 2", NULL), -1);
-    assert_int_equal(sp_rec_close_sync(r, f->cctx, "x"), -1);
+    assert_int_equal(sp_rec_close_sync(r, f->scratch.cctx, "x"), -1);
 }
 
 int main(void)

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "rec_fixture.h"
 #include "rec_test_keys.h"
 #include "recorder/rec.h"
 #include "replay/replay.h"
@@ -19,17 +20,15 @@
 #define MS 1000LL
 
 typedef struct fixture {
-    char dir[64];
+    rec_scratch scratch;
     char path[512];
-    ZSTD_CCtx *cctx;
 } fixture;
 
 static int setup(void **state)
 {
     fixture *f = calloc(1, sizeof(*f));
-    snprintf(f->dir, sizeof(f->dir), "/tmp/sp-test-replay-XXXXXX");
-    assert_non_null(mkdtemp(f->dir));
-    f->cctx = ZSTD_createCCtx();
+    assert_non_null(f);
+    rec_scratch_open(&f->scratch, "replay");
     *state = f;
     return 0;
 }
@@ -37,10 +36,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     fixture *f = *state;
-    char cmd[128];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", f->dir);
-    assert_int_equal(system(cmd), 0);
-    ZSTD_freeCCtx(f->cctx);
+    rec_scratch_close(&f->scratch);
     free(f);
     return 0;
 }
@@ -59,7 +55,7 @@ static void write_session(fixture *f, bool seal)
                         .client_addr = "192.0.2.10:51234",
                         .started_at = T0};
     char err[256];
-    sp_rec *r = sp_rec_create(f->dir, &meta, 4096, err, sizeof(err));
+    sp_rec *r = sp_rec_create(f->scratch.dir, &meta, 4096, err, sizeof(err));
     assert_non_null(r);
     snprintf(f->path, sizeof(f->path), "%s", sp_rec_path(r));
     EV(SP_EV_SESSION_START, T0, "application_name", "psql");
@@ -69,7 +65,7 @@ static void write_session(fixture *f, bool seal)
     EV(SP_EV_COMPLETE, T0 + 1002 * MS, "SELECT 1", "1");
     EV(SP_EV_COMPLETE, T0 + 1005 * MS, "SELECT 1", "1");
     EV(SP_EV_READY, T0 + 1006 * MS, "I");
-    assert_int_equal(sp_rec_flush(r, f->cctx, NULL), 0);
+    assert_int_equal(sp_rec_flush(r, f->scratch.cctx, NULL), 0);
     /* extended protocol: a named statement, executed twice through the unnamed portal */
     EV(SP_EV_PARSE, T0 + 2000 * MS, "s1", "select name from patients where id = $1");
     EV(SP_EV_BIND, T0 + 2001 * MS, "", "s1", "1", "42");
@@ -88,7 +84,7 @@ static void write_session(fixture *f, bool seal)
     EV(SP_EV_EXECUTE, T0 + 3000 * MS, "", "0");
     EV(SP_EV_ERROR, T0 + 3002 * MS, "42501", "permission denied for table audit_log");
     EV(SP_EV_READY, T0 + 3003 * MS, "I");
-    assert_int_equal(sp_rec_flush(r, f->cctx, NULL), 0);
+    assert_int_equal(sp_rec_flush(r, f->scratch.cctx, NULL), 0);
     EV(SP_EV_QUERY, T0 + 4000 * MS, "copy t from stdin");
     EV(SP_EV_COPY, T0 + 4100 * MS, "in", "1234");
     EV(SP_EV_COMPLETE, T0 + 4120 * MS, "COPY 3", "3");
@@ -101,10 +97,10 @@ static void write_session(fixture *f, bool seal)
     EV(SP_EV_QUERY, T0 + 65000 * MS, "select '\x1b[2J'");
     if (seal) {
         EV(SP_EV_SESSION_END, T0 + 70000 * MS, "idle timeout");
-        assert_int_equal(sp_rec_close_sync(r, f->cctx, "idle timeout"), 0);
+        assert_int_equal(sp_rec_close_sync(r, f->scratch.cctx, "idle timeout"), 0);
     } else {
-        assert_int_equal(sp_rec_flush(r, f->cctx, NULL), 0);
-        assert_int_equal(sp_rec_close_sync(r, f->cctx, "unused"), 0);
+        assert_int_equal(sp_rec_flush(r, f->scratch.cctx, NULL), 0);
+        assert_int_equal(sp_rec_close_sync(r, f->scratch.cctx, "unused"), 0);
         /* cut the trailer off, as a crash before the seal would */
         FILE *fp = fopen(f->path, "rb");
         fseek(fp, 0, SEEK_END);
@@ -248,7 +244,7 @@ static void test_timeline_damaged_and_missing(void **state)
     free(text);
 
     char missing[600];
-    snprintf(missing, sizeof(missing), "%s/nope.spr", f->dir);
+    snprintf(missing, sizeof(missing), "%s/nope.spr", f->scratch.dir);
     text = timeline_of(missing, false, &rc);
     assert_int_equal(rc, 1);
     assert_string_equal(text, "");

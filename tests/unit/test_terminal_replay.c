@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "rec_fixture.h"
 #include "rec_test_keys.h"
 #include "recorder/rec.h"
 #include "replay/replay.h"
@@ -21,17 +22,15 @@
 #define MS 1000LL
 
 typedef struct fixture {
-    char dir[64];
+    rec_scratch scratch;
     char path[512];
-    ZSTD_CCtx *cctx;
 } fixture;
 
 static int setup(void **state)
 {
     fixture *f = calloc(1, sizeof(*f));
-    snprintf(f->dir, sizeof(f->dir), "/tmp/sp-test-term-XXXXXX");
-    assert_non_null(mkdtemp(f->dir));
-    f->cctx = ZSTD_createCCtx();
+    assert_non_null(f);
+    rec_scratch_open(&f->scratch, "term");
     *state = f;
     return 0;
 }
@@ -39,10 +38,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     fixture *f = *state;
-    char cmd[128];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", f->dir);
-    assert_int_equal(system(cmd), 0);
-    ZSTD_freeCCtx(f->cctx);
+    rec_scratch_close(&f->scratch);
     free(f);
     return 0;
 }
@@ -63,7 +59,7 @@ static void write_ssh_session(fixture *f, const char *kind)
                         .client_addr = "192.0.2.10:51234",
                         .started_at = T0};
     char err[256];
-    sp_rec *r = sp_rec_create(f->dir, &meta, 4096, err, sizeof(err));
+    sp_rec *r = sp_rec_create(f->scratch.dir, &meta, 4096, err, sizeof(err));
     assert_non_null(r);
     snprintf(f->path, sizeof(f->path), "%s", sp_rec_path(r));
     EV(SP_EV_CHANNEL_OPEN, T0, "0", "session");
@@ -76,7 +72,7 @@ static void write_ssh_session(fixture *f, const char *kind)
     EV(SP_EV_TERM_IN, T0 + 1100 * MS, "0", "s");
     EV(SP_EV_TERM_OUT, T0 + 1101 * MS, "0", "s");
     EV(SP_EV_TERM_IN, T0 + 1200 * MS, "0", "\r");
-    assert_int_equal(sp_rec_flush(r, f->cctx, NULL), 0);
+    assert_int_equal(sp_rec_flush(r, f->scratch.cctx, NULL), 0);
     /* "é" is C3 A9: the chunk boundary falls inside it; FF is no UTF-8 at all */
     EV(SP_EV_TERM_OUT, T0 + 1210 * MS, "0", "\r\ncaf\xc3");
     EV(SP_EV_TERM_OUT, T0 + 1220 * MS, "0", "\xa9 \xff\\\r\n");
@@ -101,7 +97,7 @@ static void write_ssh_session(fixture *f, const char *kind)
     EV(SP_EV_EXIT, T0 + 12001 * MS, "0", "status", "3");
     EV(SP_EV_CHANNEL_CLOSE, T0 + 12002 * MS, "0", "5", "60");
     EV(SP_EV_SESSION_END, T0 + 12003 * MS, "client-closed");
-    assert_int_equal(sp_rec_close_sync(r, f->cctx, "client-closed"), 0);
+    assert_int_equal(sp_rec_close_sync(r, f->scratch.cctx, "client-closed"), 0);
 }
 
 static char *export_of(const char *path, enum sp_export_format format, int *rc)
@@ -150,7 +146,7 @@ static void test_asciinema_reads_export(void **state)
         skip();
     write_ssh_session(f, "ssh");
     char cast_path[600], cmd[1400];
-    snprintf(cast_path, sizeof(cast_path), "%s/session.cast", f->dir);
+    snprintf(cast_path, sizeof(cast_path), "%s/session.cast", f->scratch.dir);
     FILE *out = fopen(cast_path, "w");
     assert_non_null(out);
     assert_int_equal(sp_export(f->path, SP_EXPORT_ASCIICAST, out), 0);
@@ -185,12 +181,12 @@ static void test_asciicast_cut_at_close(void **state)
     sp_rec_meta meta = {
         .session_id = "s2", .kind = "ssh", .identity = "bob", .target = "t", .started_at = T0};
     char err[256];
-    sp_rec *r = sp_rec_create(f->dir, &meta, 4096, err, sizeof(err));
+    sp_rec *r = sp_rec_create(f->scratch.dir, &meta, 4096, err, sizeof(err));
     assert_non_null(r);
     snprintf(f->path, sizeof(f->path), "%s", sp_rec_path(r));
     EV(SP_EV_TERM_OUT, T0 + 100 * MS, "4", "x\xe2\x82");
     EV(SP_EV_CHANNEL_CLOSE, T0 + 200 * MS, "4", "0", "3");
-    assert_int_equal(sp_rec_close_sync(r, f->cctx, "client-closed"), 0);
+    assert_int_equal(sp_rec_close_sync(r, f->scratch.cctx, "client-closed"), 0);
     int rc;
     char *text = export_of(f->path, SP_EXPORT_ASCIICAST, &rc);
     assert_int_equal(rc, 0);

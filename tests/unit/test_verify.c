@@ -12,6 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "rec_fixture.h"
 #include "rec_test_keys.h"
 #include "recorder/rec.h"
 #include "recorder/seal.h"
@@ -23,16 +24,14 @@
 #define CHUNK_HEADER 64
 
 typedef struct fixture {
-    char dir[64];
-    ZSTD_CCtx *cctx;
+    rec_scratch scratch;
 } fixture;
 
 static int setup(void **state)
 {
     fixture *f = calloc(1, sizeof(*f));
-    snprintf(f->dir, sizeof(f->dir), "/tmp/sp-test-verify-XXXXXX");
-    assert_non_null(mkdtemp(f->dir));
-    f->cctx = ZSTD_createCCtx();
+    assert_non_null(f);
+    rec_scratch_open(&f->scratch, "verify");
     *state = f;
     /* Each test starts from the full key set (some load less). */
     return rec_test_keys_setup(NULL) == 0 ? 0 : -1;
@@ -41,10 +40,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     fixture *f = *state;
-    char cmd[128];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", f->dir);
-    assert_int_equal(system(cmd), 0);
-    ZSTD_freeCCtx(f->cctx);
+    rec_scratch_close(&f->scratch);
     free(f);
     return rec_test_keys_teardown(NULL);
 }
@@ -74,7 +70,7 @@ static char *write_rec(fixture *f, const char *id, bool seal)
                         .db_user = "sp_alice",
                         .client_addr = "127.0.0.1:5000",
                         .started_at = T0};
-    sp_rec *r = sp_rec_create(f->dir, &meta, 1024, err, sizeof(err));
+    sp_rec *r = sp_rec_create(f->scratch.dir, &meta, 1024, err, sizeof(err));
     assert_non_null(r);
     char *path = strdup(sp_rec_path(r));
     for (int i = 0; i < CHUNKS; i++) {
@@ -83,12 +79,12 @@ static char *write_rec(fixture *f, const char *id, bool seal)
         assert_int_equal(sp_rec_eventv(r, SP_EV_QUERY, T0 + i * 10 * SEC, sql, NULL), 0);
         assert_int_equal(
             sp_rec_eventv(r, SP_EV_COMPLETE, T0 + i * 10 * SEC + 500, "SELECT 1", "1", NULL), 0);
-        assert_int_equal(sp_rec_flush(r, f->cctx, NULL), 0);
+        assert_int_equal(sp_rec_flush(r, f->scratch.cctx, NULL), 0);
     }
     if (seal) {
-        assert_int_equal(sp_rec_close_sync(r, f->cctx, "client closed the connection"), 0);
+        assert_int_equal(sp_rec_close_sync(r, f->scratch.cctx, "client closed the connection"), 0);
     } else {
-        assert_int_equal(sp_rec_close_sync(r, f->cctx, "never seen"), 0);
+        assert_int_equal(sp_rec_close_sync(r, f->scratch.cctx, "never seen"), 0);
         truncate_to_chunks(path);
     }
     return path;
@@ -152,7 +148,7 @@ static void use_public_key_only(fixture *f)
     char pem[1024], id[32], err[256], path[128];
     assert_int_equal(
         sp_keys_public(test_keys.signing, pem, sizeof(pem), id, sizeof(id), err, sizeof(err)), 0);
-    snprintf(path, sizeof(path), "%s/public.pem", f->dir);
+    snprintf(path, sizeof(path), "%s/public.pem", f->scratch.dir);
     write_all(path, (const uint8_t *)pem, strlen(pem));
     assert_int_equal(sp_rec_keys_init_readonly(NULL, path, err, sizeof(err)), 0);
     assert_true(sp_rec_keys_can_verify());
