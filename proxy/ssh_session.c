@@ -122,6 +122,7 @@ typedef struct ssh_sess {
     uint8_t cert_sha256[SP_SCRAM_KEY_LEN]; /* the client certificate, for its credential */
     int auth_failures;
     bool banner_sent;
+    bool kbd_user_ok; /* the keyboard-interactive request named LOGIN+TARGET */
     ssh_message held; /* the client's auth request, answered once the target accepted us */
 
     sp_decision dec;
@@ -661,7 +662,11 @@ static void handle_auth(ssh_sess *s, ssh_message m)
         }
     }
     int method = ssh_message_subtype(m);
-    bool user_ok = split_user(s, ssh_message_auth_user(m));
+    /* An answer to the keyboard-interactive prompt carries no user name: it belongs to the
+     * request that asked for the prompt. */
+    bool kbd_answer =
+        method == SSH_AUTH_METHOD_INTERACTIVE && ssh_message_auth_kbdint_is_response(m);
+    bool user_ok = kbd_answer ? s->kbd_user_ok : split_user(s, ssh_message_auth_user(m));
     switch (method) {
     case SSH_AUTH_METHOD_PUBLICKEY: {
         snprintf(s->auth_method_name, sizeof(s->auth_method_name), "certificate");
@@ -697,7 +702,8 @@ static void handle_auth(ssh_sess *s, ssh_message m)
         return;
     case SSH_AUTH_METHOD_INTERACTIVE:
         snprintf(s->auth_method_name, sizeof(s->auth_method_name), "token");
-        if (!ssh_message_auth_kbdint_is_response(m)) {
+        if (!kbd_answer) {
+            s->kbd_user_ok = user_ok;
             const char *prompts[] = {"sallyport token: "};
             char echo[] = {0};
             ssh_message_auth_interactive_request(m, "sallyport", "", 1, prompts, echo);

@@ -1,7 +1,10 @@
 """SSH through the gateway: exec with exit status, refusals, the target's view of the
 certificate."""
 
+import json
+import os
 import re
+import subprocess
 
 import pytest
 
@@ -91,3 +94,33 @@ def test_banner_shown_and_token_as_password(ssh_gateway, new_name):
                     password=token[:-2] + "xx", look_for_keys=False, allow_agent=False,
                     timeout=10)
     bad.close()
+
+
+@pytest.mark.parametrize("method", ["password", "keyboard-interactive"])
+def test_openssh_client_types_a_token(ssh_gateway, new_name, tmp_path, method):
+    """A stock `ssh` with the token typed at its prompt (SSH_ASKPASS stands in for the
+    person): as a password, and as the answer to a keyboard-interactive prompt."""
+    name = new_name("kbd")
+    ssh_gateway.add_identity(name)
+    ssh_gateway.grant(name, "ops")
+    token = ssh_gateway.issue(name)
+    askpass = tmp_path / "askpass.sh"
+    askpass.write_text(f"#!/bin/sh\necho '{token}'\n")
+    askpass.chmod(0o700)
+    env = dict(os.environ, SSH_ASKPASS=str(askpass), SSH_ASKPASS_REQUIRE="force",
+               DISPLAY=":0")
+    opts, dest = ssh_gateway.ssh_base()
+    opts = ["BatchMode=no" if o == "BatchMode=yes" else o for o in opts]
+    argv = ["ssh", *opts, "-o", f"PreferredAuthentications={method}",
+            "-o", "PubkeyAuthentication=no", "-o", "NumberOfPasswordPrompts=1", dest,
+            "id -un; exit 7"]
+    r = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60,
+                       stdin=subprocess.DEVNULL, start_new_session=True)
+    assert r.returncode == 7, r.stderr
+    assert r.stdout.strip() == "sp-ops"
+    sess = ssh_gateway.session_of(name, ended=True)
+    events = [json.loads(line) for line in
+              ssh_gateway.cli("export", sess["id"], "--format", "json").stdout.splitlines()]
+    start = next(e for e in events if e["type"] == "session_start")
+    fields = dict(zip(start["fields"][::2], start["fields"][1::2]))
+    assert fields["auth"] == "token" and fields["user"] == name
