@@ -1,0 +1,87 @@
+"""Session rules through the SSH gateway: environment requests as the role allows, exit by
+signal, the role's idle timeout, several channels on one connection."""
+
+import json
+import subprocess
+import time
+
+from conftest import run, wait_until
+
+
+def _identity(gw, new_name, role, tmp_path):
+    name = new_name(role)
+    gw.add_identity(name)
+    gw.grant(name, role)
+    return name, gw.ssh_cert(name, tmp_path / "keys")
+
+
+def _events(gw, session_id):
+    out = gw.cli("export", session_id, "--format", "json").stdout
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def test_env_passes_only_what_the_role_allows(ssh_gateway, new_name, tmp_path):
+    name, key = _identity(ssh_gateway, new_name, "ops", tmp_path)
+    env = {"PATH": "/usr/bin:/bin", "SP_TEST_VAR": "allowed-value", "SP_OTHER_VAR": "refused"}
+    r = subprocess.run(["ssh", *ssh_gateway.ssh_base(key)[0], "-o", "SendEnv=SP_TEST_VAR",
+                        "-o", "SendEnv=SP_OTHER_VAR", ssh_gateway.ssh_base(key)[1],
+                        'echo "test=$SP_TEST_VAR other=$SP_OTHER_VAR"'],
+                       env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "test=allowed-value other="
+    events = _events(ssh_gateway, ssh_gateway.session_of(name, ended=True)["id"])
+    envs = [e["fields"][1:] for e in events if e["type"] == "env"]
+    assert envs == [["SP_TEST_VAR", "allowed-value"]]
+
+
+def test_exit_by_signal_reaches_the_client_and_the_recording(ssh_gateway, new_name, tmp_path):
+    name, key = _identity(ssh_gateway, new_name, "ops", tmp_path)
+    r = ssh_gateway.ssh(key, "echo before; kill -TERM $$; echo after")
+    assert r.stdout.strip() == "before"
+    assert r.returncode == 255  # what OpenSSH's ssh returns for a remote killed by a signal
+    events = _events(ssh_gateway, ssh_gateway.session_of(name, ended=True)["id"])
+    exits = [e["fields"][1:] for e in events if e["type"] == "exit"]
+    assert exits == [["signal", "TERM"]]
+
+
+def test_idle_session_ends_after_the_roles_idle_timeout(ssh_gateway, new_name, tmp_path):
+    """The sshidle role has idle_timeout = 2s: a command that prints nothing for longer is
+    ended with the reason idle, and the client is told."""
+    name, key = _identity(ssh_gateway, new_name, "sshidle", tmp_path)
+    t0 = time.monotonic()
+    r = ssh_gateway.ssh(key, "echo started; sleep 30; echo never", timeout=30)
+    took = time.monotonic() - t0
+    assert "started" in r.stdout and "never" not in r.stdout
+    assert r.returncode != 0
+    assert took < 10, f"idle session lasted {took:.1f}s"
+    sess = ssh_gateway.session_of(name, ended=True)
+    assert sess["end_reason"] == "idle"
+
+
+def test_several_channels_share_one_connection(ssh_gateway, new_name, tmp_path):
+    """OpenSSH connection sharing (ControlMaster): one gateway session, one channel per
+    command, run at the same time, each with its own output and exit status."""
+    name, key = _identity(ssh_gateway, new_name, "ops", tmp_path)
+    opts, dest = ssh_gateway.ssh_base(key)
+    control = tmp_path / "ctl"
+    mux = ["-o", f"ControlPath={control}"]
+    master = subprocess.Popen(["ssh", *opts, *mux, "-o", "ControlMaster=yes", "-N", dest],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE)
+    try:
+        wait_until(lambda: control.exists(), 15, what="the control socket")
+        slow = subprocess.Popen(["ssh", *opts, *mux, dest, "sleep 1; echo slow; exit 3"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        fast = run(["ssh", *opts, *mux, dest, "echo fast; exit 4"], check=False)
+        slow_out, _ = slow.communicate(timeout=30)
+        assert (fast.stdout.strip(), fast.returncode) == ("fast", 4)
+        assert (slow_out.strip(), slow.returncode) == ("slow", 3)
+    finally:
+        master.terminate()
+        master.wait(timeout=10)
+    sessions = [s for s in ssh_gateway.sessions() if s.get("identity") == name]
+    assert len(sessions) == 1
+    events = _events(ssh_gateway, ssh_gateway.session_of(name, ended=True)["id"])
+    execs = {e["fields"][1]: e["fields"][0] for e in events if e["type"] == "exec"}
+    assert set(execs) == {"sleep 1; echo slow; exit 3", "echo fast; exit 4"}
+    assert len(set(execs.values())) == 2  # two channels
