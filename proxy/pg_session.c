@@ -457,6 +457,9 @@ void pg_session_accept(sp_worker *w, uv_stream_t *listener)
     sp_buf_init(&s->up_in, s->cfg->max_message_size);
     sp_buf_init(&s->params, 4096);
     sp_pg_scanner_init(&s->cscan, s->cfg->record_max_text + 64);
+    /* Refused here, before any of it is relayed: the client hears why, and the target never
+     * sees the claim (it would drop the connection without a word to the client). */
+    s->cscan.max_wire_len = SP_PG_CLIENT_MSG_MAX;
     sp_pg_scanner_init(&s->sscan, 4096);
     /* What the recording needs to see the contents of; everything else is only counted. */
     for (const char *t = "QPBE"; *t; t++)

@@ -614,6 +614,10 @@ static long scanner_header(sp_pg_scanner *s, const uint8_t *p, size_t n, const c
         s->hdr_have = SCANNER_FAILED;
         return bad(why, "message length below 4");
     }
+    if (s->max_wire_len && wire_len > s->max_wire_len) {
+        s->hdr_have = SCANNER_FAILED;
+        return bad(why, "message length above PostgreSQL's limit of 1 GB");
+    }
     s->body_len = wire_len - 4;
     s->body_left = s->body_len;
     sp_buf_reset(&s->capture);

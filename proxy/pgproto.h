@@ -155,6 +155,7 @@ int sp_pg_put_terminate(sp_buf *out);
 typedef struct sp_pg_scanner {
     bool want[256];
     size_t capture_max;
+    uint32_t max_wire_len; /* a longer message is a framing violation; 0 = no limit */
     /* state */
     uint8_t hdr[5];
     size_t hdr_have;
@@ -168,7 +169,11 @@ typedef void (*sp_pg_on_msg)(void *arg, uint8_t type, const uint8_t *body, uint3
 
 void sp_pg_scanner_init(sp_pg_scanner *s, size_t capture_max);
 void sp_pg_scanner_free(sp_pg_scanner *s);
-/* Returns 0, or -1 with *why on a framing violation (length < 4). */
+/* PostgreSQL's own bound on a message from a client, length word included
+ * (PQ_LARGE_MESSAGE_LIMIT): the server drops a connection that claims more. */
+#define SP_PG_CLIENT_MSG_MAX 0x3fffffffu
+
+/* Returns 0, or -1 with *why on a framing violation (length < 4, or above max_wire_len). */
 int sp_pg_scanner_feed(sp_pg_scanner *s, const uint8_t *p, size_t n, sp_pg_on_msg fn, void *arg,
                        const char **why);
 

@@ -220,3 +220,28 @@ def test_connections_over_max_client_conn_get_53300(gateway, new_name):
         gateway.reload()
         time.sleep(0.5)
     login_works(gateway, name, token)
+
+
+def test_message_claiming_a_gigabyte_gets_08p01(gateway, new_name):
+    """A logged-in client sends a Query whose length word claims 1 GB, then stops. The
+    gateway answers at the header, in the protocol's own form, and relays none of it; the
+    session's recording ends with the reason; everyone else goes on."""
+    name = new_name()
+    token = gateway.identity_with_token(name)
+    s = Session(gateway.port, {"user": name, "database": "clinic"}, token)
+    s.send_query("select 'before'")
+    assert s.read_until_ready() is None
+    s.conn.send(b"Q" + struct.pack("!I", 1 << 30) + b"SELECT 1")
+    kind, body = s.conn.recv_msg()
+    assert kind == b"E"
+    fields = _fields(body)
+    assert fields["C"] == "08P01" and "1 GB" in fields["M"], fields
+    with pytest.raises(ConnectionError):
+        s.conn.recv_msg()
+    s.close()
+    sess = gateway.session_of(name, ended=True)
+    assert sess["end_reason"] == "protocol-error"
+    shown = gateway.cli("replay", sess["id"]).stdout
+    assert "select 'before'" in shown
+    other = new_name()
+    login_works(gateway, other, gateway.identity_with_token(other))

@@ -610,6 +610,28 @@ static void scanner_rejects_short_length(void **state)
     sp_pg_scanner_free(&s);
 }
 
+/* A client message that claims more than PostgreSQL accepts fails at its header. */
+static void scanner_rejects_length_over_limit(void **state)
+{
+    (void)state;
+    uint8_t hdr[5] = {'Q'};
+    sp_pg_scanner s;
+    seen_log log = {.n = 0};
+    const char *why = NULL;
+    sp_pg_scanner_init(&s, 16);
+    s.max_wire_len = SP_PG_CLIENT_MSG_MAX;
+    sp_put_be32(hdr + 1, SP_PG_CLIENT_MSG_MAX);
+    assert_int_equal(sp_pg_scanner_feed(&s, hdr, sizeof(hdr), record, &log, &why), 0);
+    sp_pg_scanner_free(&s);
+    sp_pg_scanner_init(&s, 16);
+    s.max_wire_len = SP_PG_CLIENT_MSG_MAX;
+    sp_put_be32(hdr + 1, SP_PG_CLIENT_MSG_MAX + 1);
+    assert_int_equal(sp_pg_scanner_feed(&s, hdr, sizeof(hdr), record, &log, &why), -1);
+    assert_non_null(strstr(why, "1 GB"));
+    assert_int_equal(log.n, 0);
+    sp_pg_scanner_free(&s);
+}
+
 /* A DataRow of 300 MB in 64 KiB pieces, and one of 4 GiB - 5 bytes: nothing is buffered. */
 static void scanner_streams_huge_bodies(void **state)
 {
@@ -674,6 +696,7 @@ int main(void)
         cmocka_unit_test(builders_leave_nothing_at_the_limit),
         cmocka_unit_test(scanner_splits),
         cmocka_unit_test(scanner_rejects_short_length),
+        cmocka_unit_test(scanner_rejects_length_over_limit),
         cmocka_unit_test(scanner_streams_huge_bodies),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
