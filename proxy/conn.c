@@ -54,6 +54,20 @@ static int raw_write(sp_conn *c, const void *p, size_t n)
 {
     if (n == 0)
         return 0;
+    /* Most writes fit in the socket buffer at once: then no copy and no request. Only when
+     * nothing is queued, so bytes never overtake earlier ones. */
+    if (c->tcp.write_queue_size == 0) {
+        uv_buf_t now = uv_buf_init((char *)p, (unsigned)n);
+        int done = uv_try_write((uv_stream_t *)&c->tcp, &now, 1);
+        if (done == (int)n)
+            return 0;
+        if (done > 0) {
+            p = (const uint8_t *)p + done;
+            n -= (size_t)done;
+        }
+        /* An error (not EAGAIN) is left to uv_write below, which reports it through
+         * on_write_done as before: the owner hears of it from its callbacks, never here. */
+    }
     write_req *wr = malloc(sizeof(*wr) + n);
     if (!wr)
         return -1;
