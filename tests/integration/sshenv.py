@@ -26,6 +26,8 @@ SSH_ROLES = {
     "fwd": {"targets": "host1", "logins": TARGET_LOGIN, "max_ttl": "1h", "forwarding": "local"},
     "sshidle": {"targets": "host1", "logins": TARGET_LOGIN, "max_ttl": "1h",
                 "idle_timeout": "2s"},
+    "sshquiet": {"targets": "host1", "logins": TARGET_LOGIN, "max_ttl": "1h",
+                 "record_input": "no"},
 }
 
 
