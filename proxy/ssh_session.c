@@ -142,6 +142,7 @@ typedef struct ssh_sess {
     ssh_chan *chans;
     int next_chan_num;
     struct ssh_callbacks_struct up_cb; /* the target opening agent channels */
+    bool agent_forwarded;              /* an auth-agent-req went to the target */
     int64_t started_at;
     int64_t started_mono;
     int64_t last_activity;
@@ -1341,6 +1342,7 @@ static void pass_agent_request(ssh_chan *c)
                 s->id, c->num, ssh_get_error(s->up));
         return;
     }
+    s->agent_forwarded = true;
     if (s->rec) {
         char note[80];
         snprintf(note, sizeof(note), "agent forwarding requested on channel %d", c->num);
@@ -1367,8 +1369,8 @@ static ssh_channel on_up_agent_open(ssh_session session, void *ud)
     ssh_sess *s = ud;
     if (s->state != SS_RELAY)
         return NULL;
-    if (s->dec.role->forwarding != SP_FWD_AGENT) {
-        refuse_agent(s, "the target opened an agent channel the role does not allow");
+    if (s->dec.role->forwarding != SP_FWD_AGENT || !s->agent_forwarded) {
+        refuse_agent(s, "the target opened an agent channel the client did not ask for");
         return NULL;
     }
     ssh_chan *c = calloc(1, sizeof(*c));

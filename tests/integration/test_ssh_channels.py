@@ -129,18 +129,22 @@ def agent(tmp_path):
                         "-f", str(key)], check=True)
         subprocess.run(["ssh-add", "-q", str(key)], check=True, capture_output=True,
                        env={"SSH_AUTH_SOCK": str(sock), "PATH": "/usr/bin:/bin"})
-        yield sock, comment
+        yield sock, comment, proc
     finally:
         proc.terminate()
         proc.wait(timeout=10)
 
 
-def _list_agent_keys(gw, key, sock):
+def _agent_opts(gw, key, sock):
     # ssh forwards only the agent at SSH_AUTH_SOCK, which the harness's IdentityAgent=none
     # would clear; IdentitiesOnly still keeps the agent's key out of the authentication.
     opts, dest = gw.ssh_base(key)
     opts = [f"IdentityAgent={sock}" if o == "IdentityAgent=none" else o for o in opts]
-    return run(["ssh", *opts, "-A", dest, "ssh-add -l"], check=False)
+    return [*opts, "-A", dest]
+
+
+def _list_agent_keys(gw, key, sock):
+    return run(["ssh", *_agent_opts(gw, key, sock), "ssh-add -l"], check=False)
 
 
 def _events(gw, session_id):
@@ -150,7 +154,7 @@ def _events(gw, session_id):
 
 def test_agent_forwarding_works_and_is_recorded_under_agent(ssh_gateway, new_name, tmp_path,
                                                             agent):
-    sock, comment = agent
+    sock, comment, _ = agent
     name, key = _identity(ssh_gateway, new_name, "agentfwd", tmp_path)
     r = _list_agent_keys(ssh_gateway, key, sock)
     assert r.returncode == 0, r.stderr
@@ -176,7 +180,7 @@ def test_agent_forwarding_works_and_is_recorded_under_agent(ssh_gateway, new_nam
 @pytest.mark.parametrize("role", ["ops", "fwd"])
 def test_agent_forwarding_refused_unless_the_role_allows(ssh_gateway, new_name, tmp_path, agent,
                                                          role):
-    sock, comment = agent
+    sock, comment, _ = agent
     name, key = _identity(ssh_gateway, new_name, role, tmp_path)
     r = _list_agent_keys(ssh_gateway, key, sock)
     assert r.returncode != 0 and comment not in r.stdout, (r.stdout, r.stderr)
@@ -185,3 +189,35 @@ def test_agent_forwarding_refused_unless_the_role_allows(ssh_gateway, new_name, 
     text = json.dumps(_events(ssh_gateway, sess["id"]))
     assert "agent forwarding refused" in text and '"auth-agent"' not in text, text[:4000]
     assert _audit_lines(ssh_gateway, name, "forward-refused", '"forward_kind":"agent"')
+
+
+def test_agent_channel_the_client_refuses_is_closed(ssh_gateway, new_name, tmp_path, agent):
+    """The agent goes away after ssh checked for it: the client refuses the agent channel the
+    gateway opens, so the target's program sees a failed agent and the session goes on."""
+    sock, comment, agent_proc = agent
+    name, key = _identity(ssh_gateway, new_name, "agentfwd", tmp_path)
+    go = f"/tmp/sp-agent-go-{name}"
+    remote = (f"echo started; while [ ! -e {go} ]; do sleep 0.1; done; "
+              "ssh-add -l; echo ssh-add-rc=$?")
+    proc = subprocess.Popen(["ssh", *_agent_opts(ssh_gateway, key, sock), remote],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "started"
+        agent_proc.terminate()
+        agent_proc.wait(timeout=10)
+        sock.unlink(missing_ok=True)
+        subprocess.run(["touch", go], check=True)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        subprocess.run(["rm", "-f", go])
+    assert proc.returncode == 0, err
+    assert comment not in out and "ssh-add-rc=0" not in out and "ssh-add-rc=" in out, (out, err)
+    _audit_lines(ssh_gateway, name, "forward-refused", "the client refused the agent channel")
+    sess = ssh_gateway.session_of(name, ended=True, timeout=20)
+    events = _events(ssh_gateway, sess["id"])
+    assert not [e for e in events if e["type"] == "channel_open" and "auth-agent" in e["fields"]]
+    assert any(e["type"] == "exit" and e["fields"][1:] == ["status", "0"] for e in events), events
