@@ -1414,10 +1414,13 @@ static void agent_chan_opened(ssh_chan *c)
     sp_audit_emit(ev);
 }
 
+/* The client's side is opened to the end even when the target closed its side meanwhile: a
+ * channel freed while its open is in flight would leave libssh an answer for a channel it no
+ * longer knows. chan_pump then closes both. */
 static void agent_chan_opening_step(ssh_chan *c)
 {
     ssh_sess *s = c->s;
-    int rc = ssh_channel_is_open(c->up) ? ssh_channel_open_auth_agent(c->cl) : SSH_ERROR;
+    int rc = ssh_channel_open_auth_agent(c->cl);
     if (rc == SSH_AGAIN)
         return;
     if (rc == SSH_OK) {
