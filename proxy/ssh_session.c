@@ -58,7 +58,9 @@ static const char *const state_names[] = {
 };
 
 typedef enum ch_state { CH_OPENING, CH_OPEN, CH_CLOSED } ch_state;
-typedef enum ch_kind { CK_SESSION, CK_DIRECT_TCPIP } ch_kind;
+/* CK_AGENT: an auth-agent@openssh.com channel the target opened (agent forwarding), relayed to
+ * a channel the gateway opens to the client. */
+typedef enum ch_kind { CK_SESSION, CK_DIRECT_TCPIP, CK_AGENT } ch_kind;
 
 typedef struct ssh_chan {
     struct ssh_chan *next;
@@ -75,6 +77,8 @@ typedef struct ssh_chan {
     int dest_port;
     bool has_pty;
     bool is_sftp;
+    bool request_waiting; /* a forwarded request waits for the target's answer */
+    bool agent_wanted;    /* the client asked for agent forwarding; not yet passed on */
     bool eof_to_up, eof_to_cl;
     bool exit_sent;
     bool exit_status_set;
@@ -137,6 +141,8 @@ typedef struct ssh_sess {
 
     ssh_chan *chans;
     int next_chan_num;
+    struct ssh_callbacks_struct up_cb; /* the target opening agent channels */
+    bool agent_forwarded;              /* an auth-agent-req went to the target */
     int64_t started_at;
     int64_t started_mono;
     int64_t last_activity;
@@ -1134,6 +1140,8 @@ out:
     return rc;
 }
 
+static ssh_channel on_up_agent_open(ssh_session session, void *ud);
+
 static void up_start(ssh_sess *s)
 {
     char err[256];
@@ -1168,6 +1176,10 @@ static void up_start(ssh_sess *s)
         return;
     }
     ssh_set_blocking(s->up, 0);
+    ssh_callbacks_init(&s->up_cb);
+    s->up_cb.userdata = s;
+    s->up_cb.channel_open_request_auth_agent_function = on_up_agent_open;
+    ssh_set_callbacks(s->up, &s->up_cb);
     set_state(s, SS_UP_CONNECT);
     drive(s);
 }
@@ -1277,6 +1289,159 @@ static void on_cl_signal(ssh_session session, ssh_channel channel, const char *s
     ssh_channel_request_send_signal(c->up, signal);
 }
 
+/* ---- agent forwarding ---- */
+
+static const char *forwarding_name(enum sp_forwarding f)
+{
+    switch (f) {
+    case SP_FWD_LOCAL:
+        return "local";
+    case SP_FWD_AGENT:
+        return "agent";
+    default:
+        return "none";
+    }
+}
+
+static void refuse_agent(ssh_sess *s, const char *why)
+{
+    json_t *ev = audit_base(s, SP_AUDIT_SSH_REFUSE, "forward-refused", false);
+    json_object_set_new(ev, "status_detail", json_string(why));
+    json_object_set_new(ev, "forward_kind", json_string("agent"));
+    sp_audit_emit(ev);
+    if (s->rec) {
+        char note[200];
+        snprintf(note, sizeof(note), "agent forwarding refused: %s", why);
+        sp_rec_eventv(s->rec, SP_EV_NOTE, sp_now_us(), note, NULL);
+    }
+}
+
+/* OpenSSH sends auth-agent-req@openssh.com without asking for an answer, so a refusal is
+ * silent: the target never hears of the agent and `ssh -A` carries on without one. An allowed
+ * request goes to the target from chan_requests_step, between two answered requests, because
+ * libssh sends nothing on a channel while it waits for the answer to an earlier request. */
+static void on_cl_agent_req(ssh_session session, ssh_channel channel, void *ud)
+{
+    (void)session;
+    (void)channel;
+    ssh_chan *c = ud;
+    ssh_sess *s = c->s;
+    if (c->kind != CK_SESSION)
+        return;
+    if (s->dec.role->forwarding != SP_FWD_AGENT) {
+        char why[120];
+        snprintf(why, sizeof(why), "agent forwarding is not allowed by the role (forwarding = %s)",
+                 forwarding_name(s->dec.role->forwarding));
+        refuse_agent(s, why);
+        return;
+    }
+    c->agent_wanted = true;
+}
+
+static void pass_agent_request(ssh_chan *c)
+{
+    ssh_sess *s = c->s;
+    c->agent_wanted = false;
+    if (ssh_channel_request_auth_agent(c->up) != SSH_OK) {
+        sp_info("ssh %s: the agent forwarding request on channel %d did not reach the target: %s",
+                s->id, c->num, ssh_get_error(s->up));
+        return;
+    }
+    s->agent_forwarded = true;
+    if (s->rec) {
+        char note[80];
+        snprintf(note, sizeof(note), "agent forwarding requested on channel %d", c->num);
+        sp_rec_eventv(s->rec, SP_EV_NOTE, sp_now_us(), note, NULL);
+    }
+}
+
+static void chan_append(ssh_sess *s, ssh_chan *c)
+{
+    ssh_chan **tail = &s->chans;
+    while (*tail)
+        tail = &(*tail)->next;
+    *tail = c;
+}
+
+/* The target opens an auth-agent@openssh.com channel when a program there talks to the
+ * forwarded agent socket. libssh wants the answer now: the target's channel is accepted at
+ * once and the gateway then opens the matching channel to the client (chan_opening_step); if
+ * the client refuses it, the target's channel is closed, which its program sees as an agent
+ * that went away. */
+static ssh_channel on_up_agent_open(ssh_session session, void *ud)
+{
+    (void)session;
+    ssh_sess *s = ud;
+    if (s->state != SS_RELAY)
+        return NULL;
+    if (s->dec.role->forwarding != SP_FWD_AGENT || !s->agent_forwarded) {
+        refuse_agent(s, "the target opened an agent channel the client did not ask for");
+        return NULL;
+    }
+    ssh_chan *c = calloc(1, sizeof(*c));
+    if (!c)
+        return NULL;
+    c->s = s;
+    c->num = s->next_chan_num++;
+    snprintf(c->num_text, sizeof(c->num_text), "%d", c->num);
+    c->kind = CK_AGENT;
+    c->up = ssh_channel_new(s->up);
+    c->cl = ssh_channel_new(s->cl);
+    if (!c->up || !c->cl) {
+        if (c->up)
+            ssh_channel_free(c->up);
+        if (c->cl)
+            ssh_channel_free(c->cl);
+        free(c);
+        return NULL;
+    }
+    c->state = CH_OPENING;
+    chan_append(s, c);
+    return c->up;
+}
+
+static void agent_destination(const ssh_chan *c, char *out, size_t outlen)
+{
+    snprintf(out, outlen, "client %s", c->s->peer);
+}
+
+static void agent_chan_opened(ssh_chan *c)
+{
+    ssh_sess *s = c->s;
+    char dest[96];
+    agent_destination(c, dest, sizeof(dest));
+    c->state = CH_OPEN;
+    rec_chan(c, SP_EV_CHANNEL_OPEN, "auth-agent", NULL);
+    rec_chan(c, SP_EV_FORWARD, "agent", dest, NULL);
+    json_t *ev = audit_base(s, SP_AUDIT_SSH_OPEN, "forward", true);
+    json_object_set_new(ev, "forward_kind", json_string("agent"));
+    json_object_set_new(ev, "destination", json_string(dest));
+    sp_audit_emit(ev);
+}
+
+/* The client's side is opened to the end even when the target closed its side meanwhile: a
+ * channel freed while its open is in flight would leave libssh an answer for a channel it no
+ * longer knows. chan_pump then closes both. */
+static void agent_chan_opening_step(ssh_chan *c)
+{
+    ssh_sess *s = c->s;
+    int rc = ssh_channel_open_auth_agent(c->cl);
+    if (rc == SSH_AGAIN)
+        return;
+    if (rc == SSH_OK) {
+        agent_chan_opened(c);
+        return;
+    }
+    sp_info("ssh %s: the client refused agent channel %d: %s", s->id, c->num, ssh_get_error(s->cl));
+    refuse_agent(s, "the client refused the agent channel (no agent, or ForwardAgent off)");
+    if (!ssh_channel_is_closed(c->up))
+        ssh_channel_close(c->up);
+    ssh_channel_free(c->up);
+    ssh_channel_free(c->cl);
+    c->up = c->cl = NULL;
+    c->state = CH_CLOSED;
+}
+
 static void chan_open_request(ssh_sess *s, ssh_message m)
 {
     int type = ssh_message_subtype(m);
@@ -1307,9 +1472,12 @@ static void chan_open_request(ssh_sess *s, ssh_message m)
                                 json_string("port forwarding is not allowed by the role"));
             json_object_set_new(ev, "destination", json_string(dest));
             sp_audit_emit(ev);
-            if (s->rec)
-                sp_rec_eventv(s->rec, SP_EV_NOTE, sp_now_us(),
-                              "port forwarding refused (role forwarding = none)", NULL);
+            if (s->rec) {
+                char note[80];
+                snprintf(note, sizeof(note), "port forwarding refused (role forwarding = %s)",
+                         forwarding_name(s->dec.role->forwarding));
+                sp_rec_eventv(s->rec, SP_EV_NOTE, sp_now_us(), note, NULL);
+            }
             ssh_message_reply_default(m);
             ssh_message_free(m);
             free(c);
@@ -1325,10 +1493,7 @@ static void chan_open_request(ssh_sess *s, ssh_message m)
     }
     c->open_msg = m;
     c->state = CH_OPENING;
-    ssh_chan **tail = &s->chans;
-    while (*tail)
-        tail = &(*tail)->next;
-    *tail = c;
+    chan_append(s, c);
 }
 
 static void chan_opened(ssh_chan *c)
@@ -1351,6 +1516,7 @@ static void chan_opened(ssh_chan *c)
     ssh_callbacks_init(&c->cl_cb);
     c->cl_cb.userdata = c;
     c->cl_cb.channel_signal_function = on_cl_signal;
+    c->cl_cb.channel_auth_agent_req_function = on_cl_agent_req;
     ssh_set_channel_callbacks(c->cl, &c->cl_cb);
     if (c->kind == CK_SESSION) {
         rec_chan(c, SP_EV_CHANNEL_OPEN, "session", NULL);
@@ -1360,6 +1526,7 @@ static void chan_opened(ssh_chan *c)
         rec_chan(c, SP_EV_CHANNEL_OPEN, "direct-tcpip", NULL);
         rec_chan(c, SP_EV_FORWARD, "local", dest, NULL);
         json_t *ev = audit_base(s, SP_AUDIT_SSH_OPEN, "forward", true);
+        json_object_set_new(ev, "forward_kind", json_string("local"));
         json_object_set_new(ev, "destination", json_string(dest));
         sp_audit_emit(ev);
     }
@@ -1367,6 +1534,10 @@ static void chan_opened(ssh_chan *c)
 
 static void chan_opening_step(ssh_chan *c)
 {
+    if (c->kind == CK_AGENT) {
+        agent_chan_opening_step(c);
+        return;
+    }
     int rc = c->kind == CK_SESSION
                  ? ssh_channel_open_session(c->up)
                  : ssh_channel_open_forward(c->up, c->dest_host, c->dest_port, "127.0.0.1", 0);
@@ -1452,17 +1623,22 @@ static int forward_request(ssh_chan *c, ssh_message m, bool *handled)
             rec_chan(c, SP_EV_ENV, name, value ? value : "", NULL);
         return rc;
     }
-    default: /* x11, auth-agent (not offered), unknown */
+    default: /* x11, unknown (auth-agent-req comes through on_cl_agent_req) */
         return SSH_ERROR;
     }
 }
 
 static void chan_requests_step(ssh_chan *c)
 {
-    while (c->n_pending > 0 && c->state == CH_OPEN) {
+    while (c->state == CH_OPEN) {
+        if (c->agent_wanted && !c->request_waiting)
+            pass_agent_request(c);
+        if (c->n_pending == 0)
+            return;
         ssh_message m = c->pending[0];
         bool reply = true;
         int rc = forward_request(c, m, &reply);
+        c->request_waiting = rc == SSH_AGAIN;
         if (rc == SSH_AGAIN)
             return;
         if (reply) {
@@ -1607,10 +1783,15 @@ static void chan_close_both(ssh_chan *c)
     char in[24], out[24];
     snprintf(in, sizeof(in), "%llu", (unsigned long long)c->bytes_in);
     snprintf(out, sizeof(out), "%llu", (unsigned long long)c->bytes_out);
-    if (c->kind == CK_DIRECT_TCPIP) {
+    if (c->kind == CK_DIRECT_TCPIP || c->kind == CK_AGENT) {
         json_t *ev = audit_base(c->s, SP_AUDIT_SSH_CLOSE, "forward-end", true);
         char dest[300];
-        snprintf(dest, sizeof(dest), "%s:%d", c->dest_host, c->dest_port);
+        if (c->kind == CK_AGENT)
+            agent_destination(c, dest, sizeof(dest));
+        else
+            snprintf(dest, sizeof(dest), "%s:%d", c->dest_host, c->dest_port);
+        json_object_set_new(ev, "forward_kind",
+                            json_string(c->kind == CK_AGENT ? "agent" : "local"));
         json_object_set_new(ev, "destination", json_string(dest));
         json_object_set_new(ev, "bytes_in", json_integer((json_int_t)c->bytes_in));
         json_object_set_new(ev, "bytes_out", json_integer((json_int_t)c->bytes_out));

@@ -24,8 +24,12 @@ SSH_ROLES = {
     "ops": {"targets": "host1", "logins": TARGET_LOGIN, "max_ttl": "1h", "record_input": "yes",
             "env": "SP_TEST_VAR", "recording": "strict"},
     "fwd": {"targets": "host1", "logins": TARGET_LOGIN, "max_ttl": "1h", "forwarding": "local"},
+    "agentfwd": {"targets": "host1", "logins": TARGET_LOGIN, "max_ttl": "1h",
+                 "forwarding": "agent"},
     "sshidle": {"targets": "host1", "logins": TARGET_LOGIN, "max_ttl": "1h",
                 "idle_timeout": "2s"},
+    "sshquiet": {"targets": "host1", "logins": TARGET_LOGIN, "max_ttl": "1h",
+                 "record_input": "no"},
 }
 
 
