@@ -42,6 +42,9 @@
 #define TARGET_CERT_BACKDATE_S 30
 #define STATUS_INTERVAL_US (10 * 1000000LL)
 #define RECORDING_FAILED_MESSAGE "the session recording cannot be written (recording = strict)"
+#define STORE_OUTAGE_MESSAGE                                                                       \
+    "store-unavailable (the store has been unavailable longer than store_outage_grace, so "        \
+    "revocations cannot be checked)"
 
 typedef enum ss_state {
     SS_KEX,        /* key exchange with the client */
@@ -456,7 +459,9 @@ static void end_session(ssh_sess *s, const char *reason)
 
     bool client_gone = !s->cl || (ssh_get_status(s->cl) & (SSH_CLOSED | SSH_CLOSED_ERROR));
     bool rec_failed = strcmp(reason, "recording-failed") == 0;
-    const char *why = rec_failed ? RECORDING_FAILED_MESSAGE : reason;
+    const char *why = rec_failed                             ? RECORDING_FAILED_MESSAGE
+                      : !strcmp(reason, "store-unavailable") ? STORE_OUTAGE_MESSAGE
+                                                             : reason;
     char msg[256];
     snprintf(msg, sizeof(msg), "sallyport: session ended: %s", why);
     if (!client_gone)
@@ -814,6 +819,11 @@ static void authorize_work(uv_work_t *req)
     authz *az = &j->az;
     sp_gateway *g = s->gw;
     int64_t now = sp_now_us();
+    if (atomic_load(&g->store_down)) {
+        snprintf(j->err, sizeof(j->err), "the store is in an outage (see the store-outage event)");
+        j->status = JO_STORE;
+        return;
+    }
     if (authenticate_credential(j, now) < 0)
         return;
     if (sp_policy_decide(g->store, s->cfg, az->identity, s->target_name, s->login, now, &az->dec,
@@ -966,8 +976,8 @@ static void authorize_after(uv_work_t *req, int status)
         return;
     default:
         sp_error("ssh %s: store error while authorizing: %s", s->id, err);
-        tell_client(s, "sallyport: cannot authorize sessions right now (store unavailable)\n");
-        auth_refuse(s, m, "store-error");
+        tell_client(s, "sallyport: the store is unavailable; try again later\n");
+        auth_refuse(s, m, "store-unavailable");
         return;
     }
     if (!s->rec) {
