@@ -426,9 +426,18 @@ static void conn_on_closed(sp_conn *c)
 static void on_handshake_timeout(uv_timer_t *t)
 {
     pg_session *s = t->data;
-    if (s->state < PS_RELAY)
+    if (s->state >= PS_UP_CONNECT && s->state < PS_RELAY) {
+        /* Armed with the target's connect_timeout when the upstream connect began. */
+        bool connecting = s->state == PS_UP_CONNECT;
+        sp_error("pg %s: target %s did not %s within connect_timeout (%llds)", s->id,
+                 s->target_name, connecting ? "accept the connection" : "finish TLS and startup",
+                 (long long)(s->dec.target->connect_timeout / 1000000));
+        end_session(s, connecting ? "upstream-unreachable" : "upstream-timeout", "08001",
+                    "sallyport could not reach the target");
+    } else if (s->state < PS_RELAY) {
         end_session(s, "handshake-timeout", "08006",
                     "timeout: the connection did not finish TLS, startup and authentication");
+    }
 }
 
 static void on_idle_check(uv_timer_t *t)

@@ -142,6 +142,7 @@ typedef struct ssh_sess {
     int next_chan_num;
     int64_t started_at;
     int64_t started_mono;
+    int64_t up_connect_mono; /* when the connection to the target began (connect_timeout) */
     int64_t last_activity;
     int64_t last_keepalive;
     int64_t last_status; /* mono us of the last sessions-index update */
@@ -1173,6 +1174,7 @@ static void up_start(ssh_sess *s)
         return;
     }
     ssh_set_blocking(s->up, 0);
+    s->up_connect_mono = sp_mono_us();
     set_state(s, SS_UP_CONNECT);
     drive(s);
 }
@@ -1788,7 +1790,9 @@ static void on_tick(uv_timer_t *t)
 {
     ssh_sess *s = t->data;
     int64_t now = sp_mono_us();
-    if (s->state < SS_RELAY && now - s->started_mono > s->cfg->handshake_timeout) {
+    if (s->state == SS_UP_CONNECT && now - s->up_connect_mono > s->dec.target->connect_timeout) {
+        up_fail(s, "upstream-unreachable", "no answer from the target within connect_timeout");
+    } else if (s->state < SS_RELAY && now - s->started_mono > s->cfg->handshake_timeout) {
         end_session(s, "handshake-timeout");
     } else if (s->state == SS_RELAY) {
         int64_t idle_limit = s->dec.role ? s->dec.role->idle_timeout : 0;
