@@ -794,8 +794,8 @@ int sp_serve(const char *config_path)
     signal(SIGPIPE, SIG_IGN);
     /* Thread-pool jobs include blocking admin connections; give them room. */
     setenv("UV_THREADPOOL_SIZE", "16", 0);
-    if (start(&srv, config_path) != 0)
-        return 1;
+    /* Signal handlers before the listeners: a SIGHUP or SIGTERM that arrives as soon as the
+     * port accepts must wait for the loop, not kill the process with the default action. */
     srv.loop = uv_default_loop();
     uv_signal_t *sigs[] = {&srv.sig_hup, &srv.sig_term, &srv.sig_int};
     int nums[] = {SIGHUP, SIGTERM, SIGINT};
@@ -804,6 +804,8 @@ int sp_serve(const char *config_path)
         sigs[i]->data = &srv;
         uv_signal_start(sigs[i], on_signal, nums[i]);
     }
+    if (start(&srv, config_path) != 0)
+        return 1;
     uv_timer_t *timers[] = {&srv.watch_timer, &srv.sweep_timer, &srv.drain_timer};
     for (int i = 0; i < 3; i++) {
         uv_timer_init(srv.loop, timers[i]);

@@ -460,9 +460,10 @@ static void end_session(ssh_sess *s, const char *reason)
 
     bool client_gone = !s->cl || (ssh_get_status(s->cl) & (SSH_CLOSED | SSH_CLOSED_ERROR));
     bool rec_failed = strcmp(reason, "recording-failed") == 0;
-    const char *why = rec_failed                             ? RECORDING_FAILED_MESSAGE
-                      : !strcmp(reason, "store-unavailable") ? STORE_OUTAGE_MESSAGE
-                                                             : reason;
+    bool store_out = strcmp(reason, "store-unavailable") == 0;
+    const char *why = rec_failed  ? RECORDING_FAILED_MESSAGE
+                      : store_out ? STORE_OUTAGE_MESSAGE
+                                  : reason;
     char msg[256];
     snprintf(msg, sizeof(msg), "sallyport: session ended: %s", why);
     if (!client_gone)
@@ -471,10 +472,11 @@ static void end_session(ssh_sess *s, const char *reason)
         if (c->state != CH_OPEN || !c->cl || client_gone)
             continue;
         if (!ssh_channel_is_closed(c->cl)) {
-            /* A terminal shows why; so does the stderr of a command whose recording failed,
-             * since the client may close before the disconnect reason arrives. */
+            /* A terminal shows why; so does the stderr of a command whose recording failed
+             * or whose store stayed away past the grace, since the client may close before
+             * the disconnect reason arrives. */
             bool tell = (c->has_pty && strcmp(reason, "client-closed") != 0) ||
-                        (rec_failed && c->kind == CK_SESSION && !c->is_sftp);
+                        ((rec_failed || store_out) && c->kind == CK_SESSION && !c->is_sftp);
             if (tell) {
                 char line[300];
                 snprintf(line, sizeof(line), "\r\n%s\r\n", msg);

@@ -59,12 +59,10 @@ def short_grace(gateway):
     gateway.main_extra["store_outage_grace"] = f"{GRACE_S}s"
     gateway.write_config()
     gateway.reload()
-    time.sleep(0.5)
     yield gateway
     del gateway.main_extra["store_outage_grace"]
     gateway.write_config()
     gateway.reload()
-    time.sleep(0.5)
 
 
 def store_path(gw):
@@ -177,3 +175,65 @@ def test_store_back_within_grace_ends_nothing(short_grace, new_name):
     conn.close()
     row = gw.session_of(name, ended=True)
     assert row["end_reason"] == "client-closed", row
+
+
+@pytest.fixture
+def ssh_short_grace(ssh_gateway):
+    ssh_gateway.main_extra["store_outage_grace"] = f"{GRACE_S}s"
+    ssh_gateway.write_config()
+    ssh_gateway.reload()
+    yield ssh_gateway
+    del ssh_gateway.main_extra["store_outage_grace"]
+    ssh_gateway.write_config()
+    ssh_gateway.reload()
+
+
+@pytest.mark.timeout(120)
+def test_ssh_store_locked_past_grace(ssh_short_grace, new_name, tmp_path):
+    gw = ssh_short_grace
+    keys = {}
+    for who in ("live", "late"):
+        name = new_name("sso")
+        gw.add_identity(name)
+        gw.grant(name, "ops")
+        keys[who] = (name, gw.ssh_cert(name, tmp_path / who))
+    name, key = keys["live"]
+    opts, dest = gw.ssh_base(key)
+    opts = ["LogLevel=INFO" if o == "LogLevel=ERROR" else o for o in opts]  # shows the reasons
+    live = subprocess.Popen(["ssh", *opts, dest, "while true; do echo tick; sleep 0.2; done"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert live.stdout.readline() == "tick\n"
+        session = gw.session_of(name, ended=False)
+        outages = len(audit_events(gw, "store-outage"))
+        lock = StoreLock(store_path(gw))
+        try:
+            outage_noticed(gw, outages)
+            late, late_key = keys["late"]
+            lopts, ldest = gw.ssh_base(late_key)
+            lopts = ["LogLevel=INFO" if o == "LogLevel=ERROR" else o for o in lopts]
+            t0 = time.monotonic()
+            r = subprocess.run(["ssh", *lopts, ldest, "echo should-not-run"],
+                               capture_output=True, text=True, timeout=30)
+            refused_in = time.monotonic() - t0
+            assert r.returncode == 255 and "should-not-run" not in r.stdout, r
+            assert "the store is unavailable; try again later" in r.stderr, r.stderr
+            assert live.poll() is None, "the live session ended before the grace"
+            live.wait(timeout=GRACE_S + 10)
+            lived = time.monotonic() - lock.taken
+        finally:
+            lock.release()
+        err = live.stderr.read()
+    finally:
+        if live.poll() is None:
+            live.kill()
+            live.wait()
+    assert live.returncode == 255, err
+    assert "store-unavailable" in err and "store_outage_grace" in err, err
+    assert GRACE_S - 0.5 <= lived <= GRACE_S + 3, f"ended {lived:.1f}s after the lock"
+    print(f"ssh: new session refused in {refused_in:.2f}s, live session ended {lived:.1f}s "
+          f"after the lock (grace {GRACE_S}s)")
+    row = gw.session_of(name, ended=True, timeout=15)
+    assert row["id"] == session["id"] and row["end_reason"] == "store-unavailable", row
+    ok = gw.ssh(keys["late"][1], "echo served-again")
+    assert ok.returncode == 0 and ok.stdout == "served-again\n", ok
