@@ -376,8 +376,7 @@ static void audit_store_outage(const char *code, bool success, const char *detai
         json_object_set_new(ev, "status_detail", json_string(detail));
     sp_audit_set_unmapped(ev, "store_outage_grace_s", json_integer(grace_us / 1000000));
     sp_audit_set_unmapped(ev, "outage_ms", json_integer(lasted_us / 1000));
-    if (sessions >= 0)
-        sp_audit_set_unmapped(ev, "live_sessions", json_integer(sessions));
+    sp_audit_set_unmapped(ev, "live_sessions", json_integer(sessions));
     sp_audit_emit(ev);
 }
 
