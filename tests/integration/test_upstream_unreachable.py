@@ -12,8 +12,8 @@ import pgwire
 from conftest import free_port, run
 from sshenv import TARGET_LOGIN
 
-CONNECT_TIMEOUT_S = 2
-MARGIN_S = 1.5  # a shared machine
+CONNECT_TIMEOUT_S = 3
+MARGIN_S = 2.5  # a shared, loaded machine and the ASan build
 # The SSH side checks its timers once a second, and closes a refused client connection after
 # a linger of up to 2 s (its last bytes, the reason, go out first); ssh itself needs ~1 s.
 SSH_MARGIN_S = 1 + 2 + 1
@@ -96,7 +96,8 @@ def test_pg_target_unreachable_gets_08001_within_connect_timeout(pg_dead_targets
         assert out.code == "08001", out
         assert out.message == "sallyport could not reach the target", out
         assert out.error.get("S") == "FATAL", out
-        limit = 1.0 if target == "deadpg" else CONNECT_TIMEOUT_S + MARGIN_S
+        # Refused: at once, not after the timeout. Black-holed: at the timeout.
+        limit = CONNECT_TIMEOUT_S - 0.5 if target == "deadpg" else CONNECT_TIMEOUT_S + MARGIN_S
         assert took <= limit, f"the 08001 came after {took:.2f}s"
         if target == "holepg":
             assert took >= CONNECT_TIMEOUT_S - 0.3, f"gave up after {took:.2f}s"
