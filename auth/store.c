@@ -6,16 +6,36 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
+#include "common/log.h"
 #include "common/util.h"
 
 /* Bump when the schema changes; sp_store_open refuses a store written by a newer version. */
 #define SP_STORE_SCHEMA_VERSION 1
 
+/* Waits this long for a lock another process holds before a statement fails. */
+#define STORE_BUSY_MS 5000
+/* Session ends the index could not take (store locked or failing), kept for a retry. */
+#define PENDING_ENDS_MAX 4096
+
+typedef struct pending_end {
+    struct pending_end *next;
+    char id[40];
+    char reason[64];
+    int64_t ended_at;
+    int64_t chunk_count;
+} pending_end;
+
 struct sp_store {
     sqlite3 *db;
     pthread_mutex_t mu;
     char path[512];
+    /* The file opened, so a store removed or replaced under a running gateway is noticed. */
+    dev_t dev;
+    ino_t ino;
+    pending_end *pending;
+    size_t n_pending;
 };
 
 static const char SCHEMA_SQL[] =
@@ -243,12 +263,17 @@ int sp_store_open(const char *path, sp_store **out, char *err, size_t errlen)
         sp_store_close(s);
         return -1;
     }
-    sqlite3_busy_timeout(s->db, 5000);
+    sqlite3_busy_timeout(s->db, STORE_BUSY_MS);
     if (exec_sql(s, "PRAGMA journal_mode=WAL; PRAGMA foreign_keys=ON;", err, errlen,
                  "cannot set up WAL mode and foreign keys") < 0 ||
         schema_ensure(s, err, errlen) < 0) {
         sp_store_close(s);
         return -1;
+    }
+    struct stat sb;
+    if (stat(path, &sb) == 0) {
+        s->dev = sb.st_dev;
+        s->ino = sb.st_ino;
     }
     *out = s;
     return 0;
@@ -258,6 +283,16 @@ void sp_store_close(sp_store *s)
 {
     if (!s)
         return;
+    char err[256];
+    if (s->n_pending && sp_store_retry_pending(s, err, sizeof(err)) < 0)
+        sp_warn("%zu session ends are not in the sessions index (the next start closes them "
+                "as gateway-crashed): %s",
+                s->n_pending, err);
+    while (s->pending) {
+        pending_end *next = s->pending->next;
+        free(s->pending);
+        s->pending = next;
+    }
     sqlite3_close(s->db);
     pthread_mutex_destroy(&s->mu);
     free(s);
@@ -884,12 +919,11 @@ out:
     return ret;
 }
 
-int sp_store_session_end(sp_store *s, const char *id, int64_t ended_at, const char *reason,
-                         int64_t chunk_count, char *err, size_t errlen)
+static int session_end_write(sp_store *s, const char *id, int64_t ended_at, const char *reason,
+                             int64_t chunk_count, char *err, size_t errlen)
 {
     sqlite3_stmt *st = NULL;
     int ret = -1, changes = 0;
-    sp_store_lock(s);
     /* The first end wins: an orphan sweep must not be overwritten by a late writer. */
     if (prepare(s,
                 "UPDATE sessions SET ended_at = ?, end_reason = ?, chunk_count = ? "
@@ -905,6 +939,103 @@ int sp_store_session_end(sp_store *s, const char *id, int64_t ended_at, const ch
     ret = changes ? 0 : session_missing_or_ok(s, id, err, errlen);
 out:
     sqlite3_finalize(st);
+    return ret;
+}
+
+/* Keeps an end the store refused, so the index does not show a finished session as live once
+ * the store is back. Bounded: past the cap the orphan sweep at the next start closes it. */
+static void pending_end_keep(sp_store *s, const char *id, int64_t ended_at, const char *reason,
+                             int64_t chunk_count)
+{
+    if (s->n_pending >= PENDING_ENDS_MAX)
+        return;
+    pending_end *p = calloc(1, sizeof(*p));
+    if (!p)
+        return;
+    snprintf(p->id, sizeof(p->id), "%s", id);
+    snprintf(p->reason, sizeof(p->reason), "%s", reason ? reason : "");
+    p->ended_at = ended_at;
+    p->chunk_count = chunk_count;
+    p->next = s->pending;
+    s->pending = p;
+    s->n_pending++;
+}
+
+int sp_store_session_end(sp_store *s, const char *id, int64_t ended_at, const char *reason,
+                         int64_t chunk_count, char *err, size_t errlen)
+{
+    sp_store_lock(s);
+    int ret = session_end_write(s, id, ended_at, reason, chunk_count, err, errlen);
+    if (ret == -1) {
+        pending_end_keep(s, id, ended_at, reason, chunk_count);
+        size_t used = strlen(err);
+        if (used < errlen)
+            snprintf(err + used, errlen - used, " (kept; written when the store answers again)");
+    }
+    sp_store_unlock(s);
+    return ret;
+}
+
+int sp_store_retry_pending(sp_store *s, char *err, size_t errlen)
+{
+    int ret = 0;
+    sp_store_lock(s);
+    pending_end **link = &s->pending;
+    while (*link) {
+        pending_end *p = *link;
+        if (session_end_write(s, p->id, p->ended_at, p->reason, p->chunk_count, err, errlen) ==
+            -1) {
+            ret = -1;
+            break;
+        }
+        *link = p->next;
+        free(p);
+        s->n_pending--;
+    }
+    sp_store_unlock(s);
+    return ret;
+}
+
+/* The write lock, taken and given back at once: a store another process keeps locked past
+ * wait_ms cannot index sessions, and a kill or revocation written meanwhile would wait too. */
+static int probe_write_lock(sp_store *s, int wait_ms, char *err, size_t errlen)
+{
+    sqlite3_busy_timeout(s->db, wait_ms);
+    int ret = exec_sql(s, "BEGIN IMMEDIATE", err, errlen, "cannot take the write lock");
+    if (ret == 0)
+        ret = exec_sql(s, "ROLLBACK", err, errlen, "cannot release the write lock");
+    else if (!sqlite3_get_autocommit(s->db))
+        sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+    sqlite3_busy_timeout(s->db, STORE_BUSY_MS);
+    return ret;
+}
+
+int sp_store_probe(sp_store *s, int wait_ms, char *err, size_t errlen)
+{
+    struct stat sb;
+    if (stat(s->path, &sb) < 0) {
+        snprintf(err, errlen, "store %s: %s (removed or unreachable since the gateway opened it)",
+                 s->path, strerror(errno));
+        return -1;
+    }
+    if (s->ino && (sb.st_dev != s->dev || sb.st_ino != s->ino)) {
+        snprintf(err, errlen,
+                 "store %s was replaced by another file since the gateway opened it; restart "
+                 "the gateway to use the new one",
+                 s->path);
+        return -1;
+    }
+    sp_store_lock(s);
+    int ret = probe_write_lock(s, wait_ms, err, errlen);
+    if (ret == 0) {
+        sqlite3_stmt *st = NULL;
+        ret = prepare(s, "SELECT count(*) FROM schema_version", &st, err, errlen);
+        if (ret == 0 && sqlite3_step(st) != SQLITE_ROW) {
+            db_error(s, err, errlen, "cannot read the schema version");
+            ret = -1;
+        }
+        sqlite3_finalize(st);
+    }
     sp_store_unlock(s);
     return ret;
 }

@@ -151,8 +151,16 @@ typedef struct sp_session_row {
 int sp_store_session_start(sp_store *s, const sp_session_row *row, char *err, size_t errlen);
 int sp_store_session_progress(sp_store *s, const char *id, int64_t chunk_count, char *err,
                               size_t errlen);
+/* When the store refuses the update (locked, failing), the end is kept in memory and -1 is
+ * returned; sp_store_retry_pending writes it once the store answers again. */
 int sp_store_session_end(sp_store *s, const char *id, int64_t ended_at, const char *reason,
                          int64_t chunk_count, char *err, size_t errlen);
+/* Writes the session ends kept by sp_store_session_end; -1 (the rest kept) if it still fails. */
+int sp_store_retry_pending(sp_store *s, char *err, size_t errlen);
+/* Can this process use the store now? The file at the opened path is still the one opened,
+ * the write lock can be had within wait_ms (another process holding it longer blocks every
+ * session start, end and kill), and a table reads. 0, or -1 with err saying why. */
+int sp_store_probe(sp_store *s, int wait_ms, char *err, size_t errlen);
 int sp_store_session_get(sp_store *s, const char *id, sp_session_row *out, char *err,
                          size_t errlen);
 /* A session by full id, or by a start or an end of it (for people typing ids). Text matching

@@ -59,6 +59,9 @@ typedef struct sp_gateway {
     int n_workers;
     atomic_bool draining;
     atomic_int n_clients; /* client connections open now, any state (max_client_conn) */
+    /* Set by the watcher while the store does not answer: new sessions are refused at once
+     * instead of each waiting out the store's lock timeout. */
+    atomic_bool store_down;
 } sp_gateway;
 
 sp_config *sp_gateway_config(sp_gateway *g); /* a reference */

@@ -22,6 +22,13 @@
 
 #define MAX_TOKENS 32
 #define LINGER_MS 2000
+/* cannot_connect_now: what PostgreSQL itself answers while it cannot take sessions; clients
+ * and poolers treat it as "retry later". */
+#define STORE_UNAVAILABLE_SQLSTATE "57P03"
+#define STORE_UNAVAILABLE_MESSAGE "sallyport's store is unavailable; try again later"
+#define STORE_OUTAGE_END_MESSAGE                                                                   \
+    "terminating connection: sallyport's store has been unavailable longer than "                  \
+    "store_outage_grace, so revocations cannot be checked (end reason store-unavailable)"
 
 /* The startup parameters a client may pass on to the upstream (DESIGN.md). */
 static const char *const passthrough_params[] = {
@@ -418,9 +425,18 @@ static void conn_on_closed(sp_conn *c)
 static void on_handshake_timeout(uv_timer_t *t)
 {
     pg_session *s = t->data;
-    if (s->state < PS_RELAY)
+    if (s->state >= PS_UP_CONNECT && s->state < PS_RELAY) {
+        /* Armed with the target's connect_timeout when the upstream connect began. */
+        bool connecting = s->state == PS_UP_CONNECT;
+        sp_error("pg %s: target %s did not %s within connect_timeout (%llds)", s->id,
+                 s->target_name, connecting ? "accept the connection" : "finish TLS and startup",
+                 (long long)(s->dec.target->connect_timeout / 1000000));
+        end_session(s, connecting ? "upstream-unreachable" : "upstream-timeout", "08001",
+                    "sallyport could not reach the target");
+    } else if (s->state < PS_RELAY) {
         end_session(s, "handshake-timeout", "08006",
                     "timeout: the connection did not finish TLS, startup and authentication");
+    }
 }
 
 static void on_idle_check(uv_timer_t *t)
@@ -719,6 +735,11 @@ static void lookup_work(uv_work_t *req)
     sp_identity ident;
     int64_t now = sp_now_us();
     int rc = SP_STORE_NOT_FOUND;
+    if (atomic_load(&g->store_down)) {
+        snprintf(j->err, sizeof(j->err), "the store is in an outage (see the store-outage event)");
+        j->status = -1;
+        return;
+    }
     if (!s->auth_fail_reason[0])
         rc = sp_store_identity_get(g->store, s->identity, &ident, j->err, sizeof(j->err));
     if (rc < 0) {
@@ -759,8 +780,11 @@ static void lookup_after(uv_work_t *req, int status)
     }
     if (status < 0 || j->status < 0) {
         sp_error("pg %s: store unavailable during login: %s", s->id, j->err);
-        refuse(s, "08006", "sallyport cannot check credentials right now (store unavailable)",
-               "store-error");
+        json_t *ev = audit_base(s, SP_AUDIT_AUTH_LOGON, "logon", false);
+        json_object_set_new(ev, "status_detail", json_string("store-unavailable"));
+        sp_audit_set_unmapped(ev, "error", json_string(j->err));
+        sp_audit_emit(ev);
+        refuse(s, STORE_UNAVAILABLE_SQLSTATE, STORE_UNAVAILABLE_MESSAGE, "store-unavailable");
         job_done(j);
         return;
     }
@@ -913,6 +937,11 @@ static void authorize_work(uv_work_t *req)
     authz *az = &j->az;
     sp_gateway *g = s->gw;
     int64_t now = sp_now_us();
+    if (atomic_load(&g->store_down)) {
+        snprintf(j->err, sizeof(j->err), "the store is in an outage (see the store-outage event)");
+        j->status = AZ_STORE;
+        return;
+    }
     if (sp_policy_decide(g->store, s->cfg, s->identity, s->target_name, s->database, now, &az->dec,
                          j->err, sizeof(j->err)) < 0) {
         j->status = AZ_STORE;
@@ -1046,8 +1075,7 @@ static void authorize_after(uv_work_t *req, int status)
         return;
     default:
         sp_error("pg %s: store error while authorizing: %s", s->id, err);
-        refuse(s, "08006", "sallyport cannot authorize sessions right now (store unavailable)",
-               "store-error");
+        refuse(s, STORE_UNAVAILABLE_SQLSTATE, STORE_UNAVAILABLE_MESSAGE, "store-unavailable");
         return;
     }
     if (!s->rec) {
@@ -1736,6 +1764,8 @@ bool pg_session_end_by_id(sp_worker *w, const char *session_id, const char *reas
         if (!strncmp(reason, "killed:", 7))
             snprintf(msg, sizeof(msg),
                      "terminating connection: session killed by an administrator:%s", reason + 7);
+        else if (!strcmp(reason, "store-unavailable"))
+            snprintf(msg, sizeof(msg), "%s", STORE_OUTAGE_END_MESSAGE);
         else
             snprintf(msg, sizeof(msg), "terminating connection: %s", reason);
         end_session(s, reason, "57P01", msg);

@@ -25,6 +25,8 @@
 
 #define WATCH_MS 500
 #define SWEEP_MS 2000
+/* How long the watcher waits for the store's write lock before it counts as an outage. */
+#define STORE_PROBE_WAIT_MS 1000
 
 typedef struct server {
     sp_gateway gw;
@@ -35,6 +37,14 @@ typedef struct server {
     bool drain_deadline_passed;
     bool finished;
     int exit_status;
+    /* Store outage: since when (monotonic us; 0 = none), the last check that reached the
+     * store, and whether live sessions were ended for this outage. */
+    int64_t store_ok_mono;
+    int64_t outage_since_mono;
+    bool outage_grace_exceeded;
+    /* The watcher's own connection to the store: session starts and index updates waiting
+     * out a lock on the shared one must not delay noticing the outage. */
+    sp_store *watch_store;
 } server;
 
 static void ssl_errors(char *err, size_t errlen, const char *what)
@@ -278,8 +288,11 @@ typedef struct watch_job {
     server *srv;
     sp_config *cfg; /* set for a reload check */
     end_item *items;
+    int64_t started_mono;
     char err[256];
     int status;
+    char pending_err[256];
+    int pending_status;
 } watch_job;
 
 static void collect_end(const char *session_id, const char *reason, void *arg)
@@ -298,8 +311,15 @@ static void watch_work(uv_work_t *req)
 {
     watch_job *j = req->data;
     sp_gateway *g = &j->srv->gw;
-    j->status = sp_store_sessions_to_end(g->store, g->pid, sp_now_us(), collect_end, j, j->err,
-                                         sizeof(j->err));
+    j->started_mono = sp_mono_us();
+    sp_store *st = j->srv->watch_store;
+    j->status =
+        sp_store_sessions_to_end(st, g->pid, sp_now_us(), collect_end, j, j->err, sizeof(j->err));
+    if (j->status == 0)
+        j->status = sp_store_probe(st, STORE_PROBE_WAIT_MS, j->err, sizeof(j->err));
+    if (j->status == 0)
+        j->pending_status =
+            sp_store_retry_pending(g->store, j->pending_err, sizeof(j->pending_err));
 }
 
 static void dispatch_ends(server *srv, end_item *items)
@@ -321,13 +341,108 @@ static void dispatch_ends(server *srv, end_item *items)
     }
 }
 
+/* ---- store outage: refuse new sessions at once, end live ones after the grace ---- */
+
+static void end_all_live(server *srv, const char *reason)
+{
+    end_item *items = NULL;
+    pthread_mutex_lock(&srv->gw.mu);
+    for (sp_live *l = srv->gw.live; l; l = l->next) {
+        end_item *it = calloc(1, sizeof(*it));
+        if (!it)
+            break;
+        snprintf(it->id, sizeof(it->id), "%s", l->id);
+        snprintf(it->reason, sizeof(it->reason), "%s", reason);
+        it->next = items;
+        items = it;
+    }
+    pthread_mutex_unlock(&srv->gw.mu);
+    dispatch_ends(srv, items);
+}
+
+static int live_count(server *srv)
+{
+    pthread_mutex_lock(&srv->gw.mu);
+    int n = srv->gw.n_live;
+    pthread_mutex_unlock(&srv->gw.mu);
+    return n;
+}
+
+static void audit_store_outage(const char *code, bool success, const char *detail, int64_t grace_us,
+                               int64_t lasted_us, int sessions)
+{
+    json_t *ev = sp_audit_new(SP_AUDIT_APP_STORE_OUTAGE, code, success, "sallyport");
+    if (detail)
+        json_object_set_new(ev, "status_detail", json_string(detail));
+    sp_audit_set_unmapped(ev, "store_outage_grace_s", json_integer(grace_us / 1000000));
+    sp_audit_set_unmapped(ev, "outage_ms", json_integer(lasted_us / 1000));
+    sp_audit_set_unmapped(ev, "live_sessions", json_integer(sessions));
+    sp_audit_emit(ev);
+}
+
+/* The grace runs from the start of the last check that reached the store: revocations made
+ * after it are unseen, so no session outlives them by more than store_outage_grace. */
+static void store_unreachable(server *srv, const char *why)
+{
+    sp_config *cfg = sp_gateway_config(&srv->gw);
+    int64_t grace = cfg->store_outage_grace;
+    sp_config_unref(cfg);
+    int64_t now = sp_mono_us();
+    int64_t lasted = now - srv->store_ok_mono;
+    if (!srv->outage_since_mono) {
+        srv->outage_since_mono = srv->store_ok_mono;
+        atomic_store(&srv->gw.store_down, true);
+        int live = live_count(srv);
+        audit_store_outage("store-outage", false, why, grace, lasted, live);
+        sp_error("store unavailable: %s. New sessions are refused; the %d live sessions end if "
+                 "it lasts past store_outage_grace (%llds)",
+                 why, live, (long long)(grace / 1000000));
+    }
+    if (lasted <= grace)
+        return;
+    if (!srv->outage_grace_exceeded) {
+        srv->outage_grace_exceeded = true;
+        int live = live_count(srv);
+        audit_store_outage("store-outage-grace-exceeded", false, why, grace, lasted, live);
+        sp_error("store unavailable for %llds, past store_outage_grace: ending the %d live "
+                 "sessions (kills and revocations cannot be seen)",
+                 (long long)(lasted / 1000000), live);
+    }
+    /* Every tick: a session that got in before the outage was noticed ends too. */
+    end_all_live(srv, "store-unavailable");
+}
+
+static void store_reachable(server *srv, int64_t checked_mono)
+{
+    srv->store_ok_mono = checked_mono;
+    if (!srv->outage_since_mono)
+        return;
+    sp_config *cfg = sp_gateway_config(&srv->gw);
+    int64_t grace = cfg->store_outage_grace;
+    sp_config_unref(cfg);
+    int64_t lasted = sp_mono_us() - srv->outage_since_mono;
+    audit_store_outage("store-outage-end", true,
+                       srv->outage_grace_exceeded ? "live sessions were ended after the grace"
+                                                  : "within the grace: no session was ended",
+                       grace, lasted, live_count(srv));
+    sp_info("store reachable again after %lld ms; new sessions are accepted again",
+            (long long)(lasted / 1000));
+    srv->outage_since_mono = 0;
+    srv->outage_grace_exceeded = false;
+    atomic_store(&srv->gw.store_down, false);
+}
+
 static void watch_after(uv_work_t *req, int status)
 {
     watch_job *j = req->data;
     server *srv = j->srv;
     srv->watch_busy = false;
     if (status == 0 && j->status < 0)
-        sp_warn("cannot check for revocations: %s", j->err);
+        store_unreachable(srv, j->err);
+    else if (status == 0)
+        store_reachable(srv, j->started_mono);
+    if (status == 0 && j->status == 0 && j->pending_status < 0)
+        sp_warn("session ends kept during a store outage are not written yet: %s", j->pending_err);
     dispatch_ends(srv, j->items);
     free(j);
 }
@@ -617,7 +732,8 @@ static int start(server *srv, const char *config_path)
     if (ensure_dirs(cfg, err, sizeof(err)) < 0 || load_secret(g, cfg, err, sizeof(err)) < 0 ||
         open_audit(cfg, err, sizeof(err)) < 0)
         goto fail;
-    if (sp_store_open(cfg->store_path, &g->store, err, sizeof(err)) < 0)
+    if (sp_store_open(cfg->store_path, &g->store, err, sizeof(err)) < 0 ||
+        sp_store_open(cfg->store_path, &srv->watch_store, err, sizeof(err)) < 0)
         goto fail;
     if (sp_rec_keys_init(cfg, err, sizeof(err)) < 0)
         goto fail;
@@ -677,8 +793,8 @@ int sp_serve(const char *config_path)
     signal(SIGPIPE, SIG_IGN);
     /* Thread-pool jobs include blocking admin connections; give them room. */
     setenv("UV_THREADPOOL_SIZE", "16", 0);
-    if (start(&srv, config_path) != 0)
-        return 1;
+    /* Signal handlers before the listeners: a SIGHUP or SIGTERM that arrives as soon as the
+     * port accepts must wait for the loop, not kill the process with the default action. */
     srv.loop = uv_default_loop();
     uv_signal_t *sigs[] = {&srv.sig_hup, &srv.sig_term, &srv.sig_int};
     int nums[] = {SIGHUP, SIGTERM, SIGINT};
@@ -687,11 +803,14 @@ int sp_serve(const char *config_path)
         sigs[i]->data = &srv;
         uv_signal_start(sigs[i], on_signal, nums[i]);
     }
+    if (start(&srv, config_path) != 0)
+        return 1;
     uv_timer_t *timers[] = {&srv.watch_timer, &srv.sweep_timer, &srv.drain_timer};
     for (int i = 0; i < 3; i++) {
         uv_timer_init(srv.loop, timers[i]);
         timers[i]->data = &srv;
     }
+    srv.store_ok_mono = sp_mono_us();
     uv_timer_start(&srv.watch_timer, on_watch, WATCH_MS, WATCH_MS);
     uv_timer_start(&srv.sweep_timer, on_sweep, SWEEP_MS, SWEEP_MS);
     uv_run(srv.loop, UV_RUN_DEFAULT);
@@ -703,6 +822,7 @@ int sp_serve(const char *config_path)
     sp_audit_emit(ev);
     sp_audit_close();
     sp_lease_mgr_free(srv.gw.leases);
+    sp_store_close(srv.watch_store);
     sp_store_close(srv.gw.store);
     sp_tls_set_unref(&srv.gw, srv.gw.tls);
     sp_config_unref(srv.gw.cfg);

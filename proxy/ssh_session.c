@@ -41,6 +41,9 @@
 #define TARGET_CERT_LIFETIME_S 300
 #define TARGET_CERT_BACKDATE_S 30
 #define RECORDING_FAILED_MESSAGE "the session recording cannot be written (recording = strict)"
+#define STORE_OUTAGE_MESSAGE                                                                       \
+    "store-unavailable (the store has been unavailable longer than store_outage_grace, so "        \
+    "revocations cannot be checked)"
 
 typedef enum ss_state {
     SS_KEX,        /* key exchange with the client */
@@ -145,6 +148,7 @@ typedef struct ssh_sess {
     bool agent_forwarded;              /* an auth-agent-req went to the target */
     int64_t started_at;
     int64_t started_mono;
+    int64_t up_connect_mono; /* when the connection to the target began (connect_timeout) */
     int64_t last_activity;
     int64_t last_keepalive;
     int64_t last_status; /* mono us of the last sessions-index update */
@@ -462,7 +466,10 @@ static void end_session(ssh_sess *s, const char *reason)
 
     bool client_gone = !s->cl || (ssh_get_status(s->cl) & (SSH_CLOSED | SSH_CLOSED_ERROR));
     bool rec_failed = strcmp(reason, "recording-failed") == 0;
-    const char *why = rec_failed ? RECORDING_FAILED_MESSAGE : reason;
+    bool store_out = strcmp(reason, "store-unavailable") == 0;
+    const char *why = rec_failed  ? RECORDING_FAILED_MESSAGE
+                      : store_out ? STORE_OUTAGE_MESSAGE
+                                  : reason;
     char msg[256];
     snprintf(msg, sizeof(msg), "sallyport: session ended: %s", why);
     if (!client_gone)
@@ -471,10 +478,11 @@ static void end_session(ssh_sess *s, const char *reason)
         if (c->state != CH_OPEN || !c->cl || client_gone)
             continue;
         if (!ssh_channel_is_closed(c->cl)) {
-            /* A terminal shows why; so does the stderr of a command whose recording failed,
-             * since the client may close before the disconnect reason arrives. */
+            /* A terminal shows why; so does the stderr of a command whose recording failed
+             * or whose store stayed away past the grace, since the client may close before
+             * the disconnect reason arrives. */
             bool tell = (c->has_pty && strcmp(reason, "client-closed") != 0) ||
-                        (rec_failed && c->kind == CK_SESSION && !c->is_sftp);
+                        ((rec_failed || store_out) && c->kind == CK_SESSION && !c->is_sftp);
             if (tell) {
                 char line[300];
                 snprintf(line, sizeof(line), "\r\n%s\r\n", msg);
@@ -825,6 +833,11 @@ static void authorize_work(uv_work_t *req)
     authz *az = &j->az;
     sp_gateway *g = s->gw;
     int64_t now = sp_now_us();
+    if (atomic_load(&g->store_down)) {
+        snprintf(j->err, sizeof(j->err), "the store is in an outage (see the store-outage event)");
+        j->status = JO_STORE;
+        return;
+    }
     if (authenticate_credential(j, now) < 0)
         return;
     if (sp_policy_decide(g->store, s->cfg, az->identity, s->target_name, s->login, now, &az->dec,
@@ -977,8 +990,8 @@ static void authorize_after(uv_work_t *req, int status)
         return;
     default:
         sp_error("ssh %s: store error while authorizing: %s", s->id, err);
-        tell_client(s, "sallyport: cannot authorize sessions right now (store unavailable)\n");
-        auth_refuse(s, m, "store-error");
+        tell_client(s, "sallyport: the store is unavailable; try again later\n");
+        auth_refuse(s, m, "store-unavailable");
         return;
     }
     if (!s->rec) {
@@ -1180,6 +1193,7 @@ static void up_start(ssh_sess *s)
     s->up_cb.userdata = s;
     s->up_cb.channel_open_request_auth_agent_function = on_up_agent_open;
     ssh_set_callbacks(s->up, &s->up_cb);
+    s->up_connect_mono = sp_mono_us();
     set_state(s, SS_UP_CONNECT);
     drive(s);
 }
@@ -1964,7 +1978,9 @@ static void on_tick(uv_timer_t *t)
 {
     ssh_sess *s = t->data;
     int64_t now = sp_mono_us();
-    if (s->state < SS_RELAY && now - s->started_mono > s->cfg->handshake_timeout) {
+    if (s->state == SS_UP_CONNECT && now - s->up_connect_mono > s->dec.target->connect_timeout) {
+        up_fail(s, "upstream-unreachable", "no answer from the target within connect_timeout");
+    } else if (s->state < SS_RELAY && now - s->started_mono > s->cfg->handshake_timeout) {
         end_session(s, "handshake-timeout");
     } else if (s->state == SS_RELAY) {
         int64_t idle_limit = s->dec.role ? s->dec.role->idle_timeout : 0;

@@ -63,6 +63,7 @@ enum sp_audit_activity {
     SP_AUDIT_APP_RELOAD,                /* 6002 / 99 Reload Configuration */
     SP_AUDIT_APP_CREATE_KEY,            /* 6002 / 99 Create Key (CA and recording keys) */
     SP_AUDIT_APP_RECORDING_SEAL,        /* 6002 / 99 Seal Recording (after a crash) */
+    SP_AUDIT_APP_STORE_OUTAGE,          /* 6002 / 99 Store Outage (began, grace exceeded, ended) */
     SP_AUDIT_DATASTORE_READ,            /* 6005 / 1 Read */
     SP_AUDIT_DATASTORE_CONNECT,         /* 6005 / 3 Connect */
     SP_AUDIT_DATASTORE_RECORDING_GAP,   /* 6005 / 99 Recording Gap */

@@ -278,8 +278,15 @@ class Gateway:
             self.stop()
         self.start()
 
-    def reload(self):
+    def reload(self, timeout=30):
+        """SIGHUP, then wait until the gateway says it applied (or refused) the file. A fixed
+        sleep is not enough: under load, or in the sanitizer build, a reload has taken well
+        over a second, and a session started before it ran under the old configuration."""
+        said = ("configuration reloaded from", "reload refused, keeping")
+        before = sum(self.log_text().count(s) for s in said)
         self.signal(signal.SIGHUP)
+        wait_until(lambda: sum(self.log_text().count(s) for s in said) > before, timeout,
+                   interval=0.05, what="the gateway to apply the reload (SIGHUP)")
 
     def log_text(self):
         try:

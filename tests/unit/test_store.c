@@ -14,6 +14,8 @@
 
 #include "auth/store.h"
 
+#include <sqlite3.h>
+
 #define S(us) ((int64_t)(us)*1000000)
 
 typedef struct fixture {
@@ -627,6 +629,40 @@ static void test_hostile_text_is_data(void **state)
     assert_string_equal(id.purpose, purpose);
 }
 
+/* Another process's write lock, a removed file and a replaced file are each an outage. */
+static void test_probe_sees_lock_removal_and_replacement(void **state)
+{
+    fixture *f = *state;
+    assert_int_equal(sp_store_probe(f->s, 100, f->err, sizeof(f->err)), 0);
+
+    sqlite3 *other = NULL;
+    assert_int_equal(sqlite3_open(f->path, &other), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(other, "BEGIN EXCLUSIVE", NULL, NULL, NULL), SQLITE_OK);
+    assert_int_equal(sp_store_probe(f->s, 100, f->err, sizeof(f->err)), -1);
+    assert_non_null(strstr(f->err, "write lock"));
+    assert_int_equal(sqlite3_exec(other, "ROLLBACK", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(other);
+    assert_int_equal(sp_store_probe(f->s, 100, f->err, sizeof(f->err)), 0);
+    /* Nothing was kept, so nothing is pending. */
+    assert_int_equal(sp_store_retry_pending(f->s, f->err, sizeof(f->err)), 0);
+
+    char moved[160];
+    snprintf(moved, sizeof(moved), "%s/moved.db", f->dir);
+    assert_int_equal(rename(f->path, moved), 0);
+    assert_int_equal(sp_store_probe(f->s, 100, f->err, sizeof(f->err)), -1);
+    assert_non_null(strstr(f->err, "removed"));
+
+    FILE *fp = fopen(f->path, "w");
+    assert_non_null(fp);
+    fclose(fp);
+    assert_int_equal(sp_store_probe(f->s, 100, f->err, sizeof(f->err)), -1);
+    assert_non_null(strstr(f->err, "replaced"));
+
+    assert_int_equal(unlink(f->path), 0);
+    assert_int_equal(rename(moved, f->path), 0);
+    assert_int_equal(sp_store_probe(f->s, 100, f->err, sizeof(f->err)), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -652,6 +688,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_sessions_to_end_missing_grant, setup, teardown),
         cmocka_unit_test_setup_teardown(test_close_orphans, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hostile_text_is_data, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_probe_sees_lock_removal_and_replacement, setup,
+                                        teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
