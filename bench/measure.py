@@ -167,9 +167,10 @@ def make_copy_file(rig, mib, directory):
     return path
 
 
-def timed(cmd, **kw):
+def timed(cmd, timeout=3600, **kw):
+    """Seconds a command took; raises when it fails."""
     t0 = time.monotonic()
-    subprocess.run([str(c) for c in cmd], check=True, timeout=3600, **kw)
+    subprocess.run([str(c) for c in cmd], check=True, timeout=timeout, **kw)
     return time.monotonic() - t0
 
 

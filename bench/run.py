@@ -27,6 +27,7 @@ import measure
 import report
 from rig import REPO, Rig
 
+GROUPS = ("idle", "select", "connect", "copy", "ssh", "recording")
 QUICK = {"seconds": 5, "scale": 1, "copy_mib": 32, "ssh_mib": 32, "idle": 100}
 
 
@@ -43,10 +44,19 @@ def parse_args(argv):
                                                       for k, v in QUICK.items())
                     + "; explicit options win; does not append to RESULTS.md")
     ap.add_argument("--no-append", action="store_true", help="do not append to RESULTS.md")
+    ap.add_argument("--only", default=",".join(GROUPS),
+                    help=f"comma-separated groups to run (default all: {','.join(GROUPS)}); "
+                         "implies --no-append")
     ap.add_argument("--binary", default=os.environ.get("SALLYPORT_BIN",
                                                        str(REPO / "build" / "sallyport")))
     given = {a.split("=")[0].lstrip("-").replace("-", "_") for a in argv if a.startswith("--")}
     a = ap.parse_args(argv)
+    a.only = a.only.split(",")
+    unknown = set(a.only) - set(GROUPS)
+    if unknown:
+        ap.error(f"--only: unknown group(s) {', '.join(sorted(unknown))}")
+    if len(a.only) < len(GROUPS):
+        a.no_append = True
     if a.quick:
         for k, v in QUICK.items():
             if k not in given:
@@ -55,21 +65,32 @@ def parse_args(argv):
 
 
 def run_all(rig, a, state):
-    rows, usage = [], {}
-    print("idle sessions", flush=True)
-    rows += measure.bench_idle_sessions(rig, a.idle)
-    print("pgbench -S", flush=True)
-    rows += measure.bench_select(rig, a.seconds, usage)
-    print("pgbench -S -C", flush=True)
-    rows += measure.bench_connect(rig, a.seconds)
-    print("COPY", flush=True)
-    rows += measure.bench_copy(rig, a.copy_mib, state, usage)
-    print("SSH", flush=True)
-    rows += measure.bench_ssh(rig, a.ssh_mib, state, usage)
-    print("recording", flush=True)
-    rows += measure.recording_rows(rig, usage)
-    # The idle-session row reads best next to the other figures at the end.
-    return rows[1:] + rows[:1]
+    """The benchmark groups in order; a group that fails leaves a row saying so and the run
+    goes on. Returns (rows, failed group names)."""
+    usage = {}
+    steps = {
+        "idle": lambda: measure.bench_idle_sessions(rig, a.idle),
+        "select": lambda: measure.bench_select(rig, a.seconds, usage),
+        "connect": lambda: measure.bench_connect(rig, a.seconds),
+        "copy": lambda: measure.bench_copy(rig, a.copy_mib, state, usage),
+        "ssh": lambda: measure.bench_ssh(rig, a.ssh_mib, state, usage),
+        "recording": lambda: measure.recording_rows(rig, usage),
+    }
+    rows, failed = {}, []
+    for name in GROUPS:
+        if name not in a.only:
+            continue
+        print(f"{name}", flush=True)
+        try:
+            rows[name] = steps[name]()
+        except Exception as e:  # reported in the table; the other groups still run
+            print(f"  {name} FAILED: {e}", flush=True)
+            failed.append(name)
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            rows[name] = [measure.Row(f"{name} benchmarks", "-", {}, note=f"FAILED: {first}")]
+    # The idle-session row reads best next to the other figures, at the end.
+    order = [g for g in GROUPS if g != "idle"] + ["idle"]
+    return [r for g in order for r in rows.get(g, [])], failed
 
 
 def main(argv):
@@ -82,21 +103,23 @@ def main(argv):
     try:
         print(f"starting the rig in {state}", flush=True)
         rig.start(a.scale)
-        rows = run_all(rig, a, state)
-        ok = True
+        rows, failed = run_all(rig, a, state)
+        ok = not failed
     finally:
         rig.stop()
         if ok:
             shutil.rmtree(state, ignore_errors=True)
         else:
-            print(f"benchmark failed; logs kept in {state}", file=sys.stderr)
+            print(f"logs kept in {state}", file=sys.stderr)
     command = " ".join(["./bench/run.sh", *argv])
     text, md, png = report.write(rows, stamp, command, time.monotonic() - started,
                                  append=not (a.quick or a.no_append))
     print(text)
     print(f"wrote {md.relative_to(REPO)} and {png.relative_to(REPO)}"
           + ("" if a.quick or a.no_append else "; appended to bench/RESULTS.md"))
-    return 0
+    if failed:
+        print(f"FAILED: {', '.join(failed)} (logs kept in {state})", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -32,9 +32,11 @@ RSS_GROWTH, RSS_SLACK_KIB = 0.10, 4096
 FD_GROWTH, FD_SLACK = 0.10, 8
 MAX_FAILED_SHARE = 0.01
 
-POINT = "\\set aid random(1, 100000 * :scale)\nSELECT abalance FROM pgbench_accounts WHERE aid = :aid;\n"
+POINT = ("\\set aid random(1, 100000 * :scale)\n"
+         "SELECT abalance FROM pgbench_accounts WHERE aid = :aid;\n")
 RANGE = ("\\set aid random(1, 100000 * :scale - 1000)\n"
-         "SELECT count(*), sum(abalance) FROM pgbench_accounts WHERE aid BETWEEN :aid AND :aid + 1000;\n")
+         "SELECT count(*), sum(abalance) FROM pgbench_accounts\n"
+         "    WHERE aid BETWEEN :aid AND :aid + 1000;\n")
 
 
 class Loop(threading.Thread):
