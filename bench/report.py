@@ -136,7 +136,9 @@ def chart(rows, path, stamp):
     import matplotlib.pyplot as plt
     thr = [r for r in rows if r.unit in ("TPS", "MiB/s") and r.values.get("direct")]
     lat = [r for r in rows if r.unit == "µs"]
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(15, 6), gridspec_kw={"width_ratios": [4, 1]})
+    fig, axes = plt.subplots(1, 2 if lat else 1, figsize=(15, 6), squeeze=False,
+                             gridspec_kw={"width_ratios": [4, 1] if lat else [1]})
+    ax = axes[0][0]
     width = 0.27
     for i, p in enumerate(COLUMNS[1:]):
         ys = [r.values[p] / r.values["direct"] if p in r.values else 0 for r in thr]
@@ -152,6 +154,14 @@ def chart(rows, path, stamp):
     ax.set_ylabel("ratio to direct (red: target)")
     ax.set_title(f"sallyport benchmarks {stamp} UTC: throughput relative to direct")
     ax.legend(fontsize=8)
+    if lat:
+        latency_panel(axes[0][1], lat)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def latency_panel(ax2, lat):
     for i, p in enumerate(COLUMNS):
         ax2.bar([x + (i - 1.5) * 0.2 for x in range(len(lat))],
                 [r.values.get(p, 0) for r in lat], 0.2, label=p)
@@ -159,6 +169,4 @@ def chart(rows, path, stamp):
     ax2.set_xticklabels(["p50", "p99"][:len(lat)])
     ax2.set_ylabel("µs per transaction, 1 client")
     ax2.set_title("pgbench -S latency")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    ax2.legend(fontsize=7)
