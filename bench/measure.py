@@ -30,7 +30,6 @@ class Row:
     target: str = ""  # the target, in words
     kind: str = ""    # how report.py checks it: ratio, ratio+pgbouncer, added, max
     limit: float = 0.0
-    higher_is_better: bool = True
     note: str = ""
 
 
@@ -133,7 +132,7 @@ def bench_select(rig, seconds, usage):
     for i, (p, limit) in enumerate((("p50", 50), ("p99", 200))):
         rows.append(Row(f"latency {p}, pgbench -S, 1 client", "µs",
                         {path: v[i] for path, v in lat.items()}, f"≤ +{limit} µs over direct",
-                        "added", limit, higher_is_better=False))
+                        "added", limit))
         print(f"  {rows[-1].name}: {fmt_vals(rows[-1].values)}", flush=True)
     return rows
 
@@ -270,7 +269,7 @@ def bench_idle_sessions(rig, n):
         vals[path] = (rss1 - rss0) / n
         notes.append(f"{path}: RSS {rss0 / 1024:.0f} -> {rss1 / 1024:.0f} MiB, {fds} fds")
     row = Row(f"gateway RSS per idle session ({n} sessions)", "KiB", vals, "≤ 64 KiB", "max", 64,
-              higher_is_better=False, note="; ".join(notes))
+              note="; ".join(notes))
     print(f"  {row.name}: {fmt_vals(row.values)} ({row.note})", flush=True)
     return [row]
 
