@@ -17,6 +17,7 @@ more than 10 % and 8, or when more than 1 % of the load's attempts failed.
 
 import argparse
 import csv
+import re
 import statistics
 import subprocess
 import sys
@@ -83,7 +84,8 @@ def start_pgbench(rig, minutes, directory):
     (d / "point.sql").write_text(POINT)
     (d / "range.sql").write_text(RANGE)
     cmd = [PGBIN / "pgbench", "-n", "-M", "prepared", "-c", "4", "-j", "2", "-R", "200",
-           "-T", str(minutes * 60 + 30), "-f", f"{d / 'point.sql'}@9", "-f", f"{d / 'range.sql'}@1"]
+           "-T", str(round(minutes * 60)), "-f", f"{d / 'point.sql'}@9",
+           "-f", f"{d / 'range.sql'}@1"]
     return subprocess.Popen([str(c) for c in cmd], env=rig.env("sallyport"),
                             stdout=open(d / "pgbench.out", "w"), stderr=subprocess.STDOUT)
 
@@ -124,27 +126,32 @@ def growth(samples, key):
             statistics.mean(s[key] for s in samples[-3:]))
 
 
-def verdict(samples, loops):
+def verdict(samples, loops, bench):
     """Lines of findings and whether the run passed."""
-    lines, ok = [], True
+    n, failed, line = bench
+    lines, ok = [line], failed <= MAX_FAILED_SHARE * max(1, n)
+    for lp in loops:
+        ok &= lp.failed <= MAX_FAILED_SHARE * max(1, lp.ok + lp.failed)
+        lines.append(f"{lp.name}: {lp.ok} ok, {lp.failed} failed")
+    lat = [s["probe_query_ms"] for s in samples if s["probe_query_ms"] == s["probe_query_ms"]]
+    con = [s["probe_connect_ms"] for s in samples
+           if s["probe_connect_ms"] == s["probe_connect_ms"]]
+    ok &= len(samples) - len(lat) <= MAX_FAILED_SHARE * max(1, len(samples))
+    if lat:
+        lines.append(f"probe: {len(samples) - len(lat)} failed; select 1 median "
+                     f"{statistics.median(lat):.2f} ms (max {max(lat):.2f}); connect median "
+                     f"{statistics.median(con):.1f} ms (max {max(con):.1f})")
     if len(samples) < 8:
-        return [f"only {len(samples)} samples: too few for a growth verdict (run >= 2 min)"], True
-    for key, rel, slack, unit in (("rss_kib", RSS_GROWTH, RSS_SLACK_KIB, "KiB"),
+        lines.append(f"only {len(samples)} samples: too few for a growth verdict (run >= 2 min)")
+        return lines, ok
+    for key, rel, slack, unit in (("rss_kib", RSS_GROWTH, RSS_SLACK_KIB, " KiB"),
                                   ("fds", FD_GROWTH, FD_SLACK, "")):
         base, end = growth(samples, key)
         grew = end > base * (1 + rel) and end - base > slack
         ok &= not grew
-        lines.append(f"{key}: {base:.0f} -> {end:.0f} {unit} ({(end / base - 1) * 100:+.1f} %): "
+        lines.append(f"{key}: {base:.0f} -> {end:.0f}{unit} ({(end / base - 1) * 100:+.1f} %): "
                      + ("GROWTH" if grew else "no growth")
-                     + f" (limit +{rel * 100:.0f} % and +{slack} {unit})")
-    for lp in loops:
-        share = lp.failed / max(1, lp.ok + lp.failed)
-        ok &= share <= MAX_FAILED_SHARE
-        lines.append(f"{lp.name}: {lp.ok} ok, {lp.failed} failed")
-    lat = [s["probe_query_ms"] for s in samples]
-    con = [s["probe_connect_ms"] for s in samples]
-    lines.append(f"probe: select 1 median {statistics.median(lat):.2f} ms (max {max(lat):.2f}); "
-                 f"connect median {statistics.median(con):.1f} ms (max {max(con):.1f})")
+                     + f" (limit +{rel * 100:.0f} % and +{slack}{unit})")
     return lines, ok
 
 
@@ -195,9 +202,22 @@ def soak(rig, minutes, state, csv_path):
         lp.stopping.set()
     for lp in loops:
         lp.join(timeout=150)
-    pgbench.terminate()
-    pgbench.wait(timeout=30)
-    return samples, loops
+    try:
+        pgbench.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        pgbench.kill()
+        pgbench.wait()
+    return samples, loops, pgbench_summary(pgbench.returncode, state)
+
+
+def pgbench_summary(returncode, directory):
+    """(transactions, failed, a line for the verdict) from pgbench's output."""
+    text = (Path(directory) / "pgbench.out").read_text(errors="replace")
+    done = re.search(r"number of transactions actually processed: (\d+)", text)
+    failed = re.search(r"number of failed transactions: (\d+)", text)
+    n, f = int(done.group(1)) if done else 0, int(failed.group(1)) if failed else 0
+    ok = returncode == 0 and done and n > 0
+    return n, (f if ok else max(f, 1)), f"pgbench: exit {returncode}, {n} transactions, {f} failed"
 
 
 def main(argv):
@@ -215,11 +235,11 @@ def main(argv):
     try:
         print(f"starting the rig in {state}; soaking for {a.minutes:g} minutes", flush=True)
         rig.start(5, pgbouncer=False)
-        samples, loops = soak(rig, a.minutes, state, csv_path)
+        samples, loops, bench = soak(rig, a.minutes, state, csv_path)
     finally:
         rig.stop()
     chart(samples, png, f"sallyport soak {stamp} UTC, {a.minutes:g} min: pgbench + SSH + churn")
-    lines, ok = verdict(samples, loops)
+    lines, ok = verdict(samples, loops, bench)
     print("\n".join(lines))
     print(f"wrote {csv_path.relative_to(REPO)} and {png.relative_to(REPO)}; "
           + ("PASS" if ok else "FAIL"))
