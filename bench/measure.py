@@ -150,7 +150,7 @@ def bench_connect(rig, seconds):
 # ---------------------------------------------------------------- COPY
 
 def copy_rows_for(mib):
-    return mib * 1024 * 1024 // 108  # a row of the COPY text below is about 108 bytes
+    return mib * 1024 * 1024 // 109  # a row of the COPY text below is about 109 bytes
 
 
 def copy_query(rows):
