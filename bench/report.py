@@ -10,6 +10,8 @@ from pathlib import Path
 from rig import PGBIN, REPO
 
 COLUMNS = ("direct", "pgbouncer", "sallyport", "sallyport-norec")
+COLOURS = {"direct": "tab:gray", "pgbouncer": "tab:blue", "sallyport": "tab:orange",
+           "sallyport-norec": "tab:green"}
 
 
 def first_line(cmd):
@@ -142,7 +144,8 @@ def chart(rows, path, stamp):
     width = 0.27
     for i, p in enumerate(COLUMNS[1:]):
         ys = [r.values[p] / r.values["direct"] if p in r.values else 0 for r in thr]
-        ax.bar([x + (i - 1) * width for x in range(len(thr))], ys, width, label=p)
+        ax.bar([x + (i - 1) * width for x in range(len(thr))], ys, width, label=p,
+               color=COLOURS[p])
     for x, r in enumerate(thr):
         if r.kind.startswith("ratio"):
             ax.hlines(r.limit, x - 1.5 * width, x + 1.5 * width, colors="red", linewidth=2)
@@ -164,7 +167,7 @@ def chart(rows, path, stamp):
 def latency_panel(ax2, lat):
     for i, p in enumerate(COLUMNS):
         ax2.bar([x + (i - 1.5) * 0.2 for x in range(len(lat))],
-                [r.values.get(p, 0) for r in lat], 0.2, label=p)
+                [r.values.get(p, 0) for r in lat], 0.2, label=p, color=COLOURS[p])
     ax2.set_xticks(range(len(lat)))
     ax2.set_xticklabels(["p50", "p99"][:len(lat)])
     ax2.set_ylabel("µs per transaction, 1 client")
