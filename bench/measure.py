@@ -353,7 +353,8 @@ def recording_rows(rig, usage):
         q_recs = sealed(q.new_recordings)
         rows.append(Row("recording size / query traffic (pgbench -S -c 8)", "ratio",
                         {"sallyport": sum(p.stat().st_size for p in q.new_recordings) / q.rchar},
-                        note=f"{q.rchar >> 20} MiB relayed; zstd stored/raw {ratio_of(q_recs)}"))
+                        note=f"{q.rchar / (1 << 20):.1f} MiB relayed; zstd stored/raw "
+                             f"{ratio_of(q_recs)}"))
     for what, unit in (("query", "transaction"), ("ssh", "MiB"), ("copy", "MiB")):
         on, off = usage.get((what, "sallyport")), usage.get((what, "sallyport-norec"))
         if not on or not off or not on.work or not off.work or not on.cpu:
