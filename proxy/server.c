@@ -1,5 +1,6 @@
 #include "proxy/server.h"
 
+#include <malloc.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/ssl.h>
@@ -594,6 +595,10 @@ static void sweep_work(uv_work_t *req)
     sweep_job *j = req->data;
     j->rc = sp_lease_sweep(j->srv->gw.leases, j->cfg, sp_now_us(), false, audit_lease_drop, NULL,
                            j->err, sizeof(j->err));
+    /* TLS handshakes and authorizations free tens of KiB each between long-lived session
+     * allocations; glibc keeps those holes resident. Hand them back every sweep, here on the
+     * thread pool rather than on a loop. */
+    malloc_trim(0);
 }
 
 static void sweep_after(uv_work_t *req, int status)
