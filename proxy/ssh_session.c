@@ -41,6 +41,7 @@
  * we read everything it holds each time (one window of 1,280,000 bytes, see move()). */
 #define RELAY_BUF_MAX (2 * 1024 * 1024)
 #define DOPOLL_ROUNDS 64
+#define RELAY_PASSES_MAX 32
 #define TARGET_CERT_LIFETIME_S 300
 #define TARGET_CERT_BACKDATE_S 30
 #define STATUS_INTERVAL_US (10 * 1000000LL)
@@ -105,6 +106,9 @@ typedef struct ssh_sess {
     ss_state state;
     ssh_session cl, up;
     ssh_event ev;
+    /* Bytes libssh read from and wrote to each socket: how drive() tells that a relay pass
+     * changed nothing (see relay_until_quiet). */
+    struct ssh_counter_struct cl_sock, up_sock;
     uv_poll_t cl_poll, up_poll;
     bool cl_poll_init, up_poll_init;
     int cl_events, up_events;
@@ -151,6 +155,7 @@ typedef struct ssh_sess {
 
 static void end_session(ssh_sess *s, const char *reason);
 static void drive(ssh_sess *s);
+static void on_tick(uv_timer_t *t);
 
 /* ---- small helpers ---- */
 
@@ -1165,6 +1170,7 @@ static void up_start(ssh_sess *s)
         return;
     }
     ssh_set_blocking(s->up, 0);
+    ssh_set_counters(s->up, &s->up_sock, NULL);
     set_state(s, SS_UP_CONNECT);
     drive(s);
 }
@@ -1790,6 +1796,32 @@ static void step(ssh_sess *s)
         end_session(s, "target-closed");
 }
 
+static uint64_t relay_activity(const ssh_sess *s)
+{
+    return s->bytes_in + s->bytes_out + s->cl_sock.in_bytes + s->cl_sock.out_bytes +
+           s->up_sock.in_bytes + s->up_sock.out_bytes;
+}
+
+/* libssh reads and writes both sockets from inside our calls (ssh_channel_write flushes and
+ * polls the whole event, ssh_channel_poll reads when a channel buffer is empty): after a pass
+ * over the channels, data may wait in a channel buffer whose socket was already drained, or
+ * in a relay buffer whose destination has since flushed its socket, and no socket event will
+ * come for it. So pass again until a pass changes nothing: moves no byte and makes libssh
+ * read or write none. Then every stream waits for something only a socket event brings. When
+ * the passes run out first, the tick timer comes back on the next loop iteration. */
+static void relay_until_quiet(ssh_sess *s)
+{
+    for (int i = 0; i < RELAY_PASSES_MAX; i++) {
+        if (s->state != SS_RELAY)
+            return;
+        uint64_t before = relay_activity(s);
+        chans_step(s);
+        if (relay_activity(s) == before)
+            return;
+    }
+    uv_timer_start(&s->tick, on_tick, 0, TICK_MS);
+}
+
 static void drive(ssh_sess *s)
 {
     if (s->driving || s->state == SS_DONE)
@@ -1803,6 +1835,7 @@ static void drive(ssh_sess *s)
     }
     if (s->state < SS_CLOSING)
         step(s);
+    relay_until_quiet(s);
     if (s->state == SS_CLOSING && (!(ssh_get_poll_flags(s->cl) & SSH_WRITE_PENDING) ||
                                    sp_mono_us() - s->closing_since > LINGER_US))
         finish(s);
@@ -1902,6 +1935,7 @@ void ssh_session_accept(sp_worker *w, uv_stream_t *listener)
         return;
     }
     ssh_set_blocking(s->cl, 0);
+    ssh_set_counters(s->cl, &s->cl_sock, NULL);
     ssh_event_add_session(s->ev, s->cl);
     uv_poll_init(&w->loop, &s->cl_poll, fd);
     s->cl_poll.data = s;
