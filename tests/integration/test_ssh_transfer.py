@@ -60,7 +60,7 @@ def test_sftp_both_ways_recorded(ssh_gateway, xfer):
     sftp_opts = ["-P" if o == "-p" else o for o in opts]
     back = d / "sftp-back.bin"
     batch = f"put {src} sftp.bin\nget sftp.bin {back}\nrename sftp.bin sftp2.bin\nrm sftp2.bin\n"
-    run(["sftp", "-q", "-b", "-", *sftp_opts, dest], input=batch, timeout=60)
+    run(["sftp", "-q", "-b", "-", *sftp_opts, dest], input=batch, timeout=150)
     assert sha(back) == sha(src)
     sess = ssh_gateway.session_of("xfer", ended=True)
     events = ssh_gateway.cli("export", sess["id"], "--format", "json", check=False)
