@@ -37,7 +37,11 @@
 #define MAX_AUTH_FAILURES 6
 #define MAX_PENDING_REQUESTS 16
 #define MOVE_CHUNK (32 * 1024)
+/* The most one relay read takes: more than libssh 0.10 ever holds for a channel stream when
+ * we read everything it holds each time (one window of 1,280,000 bytes, see move()). */
+#define RELAY_BUF_MAX (2 * 1024 * 1024)
 #define DOPOLL_ROUNDS 64
+#define RELAY_PASSES_MAX 32
 #define TARGET_CERT_LIFETIME_S 300
 #define TARGET_CERT_BACKDATE_S 30
 #define RECORDING_FAILED_MESSAGE "the session recording cannot be written (recording = strict)"
@@ -88,13 +92,12 @@ typedef struct ssh_chan {
     int exit_status;
     char exit_signal[32];
     uint64_t bytes_in, bytes_out; /* client->target, target->client */
-    /* Bytes read from one side that the other did not take yet (libssh accepts no channel
-     * data while its session re-keys): target stdout, target stderr, client input. At most
-     * one MOVE_CHUNK each; nothing more is read in that direction until they are written. */
-    struct pending {
+    /* What was read from one side and not yet taken by the other, per direction: target
+     * stdout, target stderr, client input. See move() for why this exists. */
+    struct relay_buf {
         uint8_t *data;
-        uint32_t len, off;
-    } pending_out[3];
+        size_t cap, len, off;
+    } relay[3];
     sp_sftp sftp;
     struct ssh_channel_callbacks_struct cl_cb, up_cb;
 } ssh_chan;
@@ -109,6 +112,9 @@ typedef struct ssh_sess {
     ss_state state;
     ssh_session cl, up;
     ssh_event ev;
+    /* Bytes libssh read from and wrote to each socket: how drive() tells that a relay pass
+     * changed nothing (see relay_until_quiet). */
+    struct ssh_counter_struct cl_sock, up_sock;
     uv_poll_t cl_poll, up_poll;
     bool cl_poll_init, up_poll_init;
     int cl_events, up_events;
@@ -159,6 +165,7 @@ typedef struct ssh_sess {
 
 static void end_session(ssh_sess *s, const char *reason);
 static void drive(ssh_sess *s);
+static void on_tick(uv_timer_t *t);
 
 /* ---- small helpers ---- */
 
@@ -402,8 +409,8 @@ static void unregister_callbacks(ssh_chan *c)
 static void free_chan(ssh_chan *c)
 {
     unregister_callbacks(c);
-    for (size_t i = 0; i < SP_ARRAY_LEN(c->pending_out); i++)
-        free(c->pending_out[i].data);
+    for (size_t i = 0; i < SP_ARRAY_LEN(c->relay); i++)
+        free(c->relay[i].data);
     if (c->open_msg)
         ssh_message_free(c->open_msg);
     for (size_t i = 0; i < c->n_pending; i++)
@@ -1194,6 +1201,7 @@ static void up_start(ssh_sess *s)
     s->up_cb.channel_open_request_auth_agent_function = on_up_agent_open;
     ssh_set_callbacks(s->up, &s->up_cb);
     s->up_connect_mono = sp_mono_us();
+    ssh_set_counters(s->up, &s->up_sock, NULL);
     set_state(s, SS_UP_CONNECT);
     drive(s);
 }
@@ -1678,95 +1686,130 @@ static void chan_request(ssh_sess *s, ssh_message m)
     c->pending[c->n_pending++] = m;
 }
 
-/* Move what `from` holds into `to` while `to` has window and its connection is not backed up.
- * Leftover bytes stay in libssh's channel buffer (bounded by the window we advertised) and
- * move on the next event: the window adjust or the socket draining wakes us. */
 static int relay_write(ssh_channel to, const uint8_t *p, uint32_t n, int is_stderr, bool to_client)
 {
     return is_stderr && to_client ? ssh_channel_write_stderr(to, p, n)
                                   : ssh_channel_write(to, p, n);
 }
 
-/* Write what an earlier move() could not: 1 when nothing is left, 0 when the destination
- * still takes nothing, -1 on an error. */
-static int flush_pending(struct pending *p, ssh_channel to, int is_stderr, bool to_client)
+static struct relay_buf *relay_of(ssh_chan *c, int is_stderr, bool to_client)
 {
-    while (p->off < p->len) {
-        int wr = relay_write(to, p->data + p->off, p->len - p->off, is_stderr, to_client);
-        if (wr < 0)
-            return -1;
-        if (wr == 0)
-            return 0;
-        p->off += (uint32_t)wr;
-    }
-    free(p->data);
-    *p = (struct pending){0};
-    return 1;
+    return &c->relay[to_client ? is_stderr : 2];
 }
 
 static bool has_pending(const ssh_chan *c, bool to_client)
 {
-    return to_client ? (c->pending_out[0].len || c->pending_out[1].len) : c->pending_out[2].len;
+    return to_client ? (c->relay[0].len || c->relay[1].len) : c->relay[2].len > 0;
 }
 
-static int move(ssh_chan *c, ssh_channel from, ssh_channel to, int is_stderr, bool to_client)
+/* Write what the relay buffer holds as far as the destination takes it: its window, its
+ * socket not backed up, its session not re-keying (libssh 0.10 then takes nothing and
+ * ssh_channel_write returns 0). 1 when the buffer is empty, 0 when the destination takes no
+ * more for now, -1 on an error. Whatever wakes us next (a window adjust, the socket draining,
+ * the peer's NEWKEYS) brings us back here. */
+static int relay_flush(ssh_chan *c, struct relay_buf *rb, ssh_channel to, int is_stderr,
+                       bool to_client)
 {
-    ssh_sess *s = c->s;
-    ssh_session dst = to_client ? s->cl : s->up;
-    uint8_t *buf = s->w->read_buf;
-    struct pending *pend = &c->pending_out[to_client ? is_stderr : 2];
-    if (pend->len) {
-        int rc = flush_pending(pend, to, is_stderr, to_client);
-        if (rc <= 0)
-            return rc;
-    }
-    for (;;) {
+    ssh_session dst = to_client ? c->s->cl : c->s->up;
+    while (rb->off < rb->len) {
         if (ssh_get_poll_flags(dst) & SSH_WRITE_PENDING)
             return 0;
         uint32_t win = ssh_channel_window_size(to);
         if (win == 0)
             return 0;
-        int avail = ssh_channel_poll(from, is_stderr);
-        if (avail <= 0)
-            return 0;
-        uint32_t want = (uint32_t)avail;
-        if (want > win)
-            want = win;
-        if (want > MOVE_CHUNK)
-            want = MOVE_CHUNK;
-        int n = ssh_channel_read_nonblocking(from, buf, want, is_stderr);
-        if (n <= 0)
-            return n < 0 ? -1 : 0;
-        int wr = relay_write(to, buf, (uint32_t)n, is_stderr, to_client);
+        size_t n = rb->len - rb->off;
+        if (n > win)
+            n = win;
+        if (n > MOVE_CHUNK)
+            n = MOVE_CHUNK;
+        int wr = relay_write(to, rb->data + rb->off, (uint32_t)n, is_stderr, to_client);
         if (wr < 0)
             return -1;
-        if (wr < n) { /* the destination is re-keying: keep the rest for the next round */
-            pend->data = malloc((size_t)(n - wr));
-            if (!pend->data)
-                return -1;
-            memcpy(pend->data, buf + wr, (size_t)(n - wr));
-            pend->len = (uint32_t)(n - wr);
-        }
-        s->last_activity = sp_mono_us();
-        if (to_client) {
-            c->bytes_out += (uint64_t)n;
-            s->bytes_out += (uint64_t)n;
-            if (c->is_sftp)
-                sp_sftp_feed(&c->sftp, false, buf, (size_t)n);
-            else if (c->kind == CK_SESSION)
-                rec_bytes(c, is_stderr ? SP_EV_TERM_ERR : SP_EV_TERM_OUT, buf, (size_t)n);
-        } else {
-            c->bytes_in += (uint64_t)n;
-            s->bytes_in += (uint64_t)n;
-            if (c->is_sftp)
-                sp_sftp_feed(&c->sftp, true, buf, (size_t)n);
-            else if (c->kind == CK_SESSION && s->dec.role->record_input)
-                rec_bytes(c, SP_EV_TERM_IN, buf, (size_t)n);
-        }
-        if (s->state != SS_RELAY)
-            return -1;
-        if (pend->len)
+        if (wr == 0)
             return 0;
+        rb->off += (size_t)wr;
+    }
+    rb->len = rb->off = 0;
+    return 1;
+}
+
+/* Take everything libssh holds for this stream of `from`, in one read: the number of bytes
+ * read, 0 when there is nothing, -1 on an error. */
+static int relay_fill(ssh_chan *c, struct relay_buf *rb, ssh_channel from, int is_stderr)
+{
+    int avail = ssh_channel_poll(from, is_stderr);
+    if (avail == SSH_ERROR)
+        return -1;
+    if (avail <= 0) /* nothing yet, or SSH_EOF */
+        return 0;
+    size_t want = (size_t)avail < RELAY_BUF_MAX ? (size_t)avail : RELAY_BUF_MAX;
+    if (rb->cap < want) {
+        uint8_t *grown = realloc(rb->data, want);
+        if (!grown) {
+            sp_warn("ssh %s: channel %d: no memory for %zu relayed bytes", c->s->id, c->num, want);
+            return -1;
+        }
+        rb->data = grown;
+        rb->cap = want;
+    }
+    int n = ssh_channel_read_nonblocking(from, rb->data, (uint32_t)want, is_stderr);
+    if (n == SSH_EOF)
+        return 0;
+    if (n < 0)
+        return -1;
+    rb->len = (size_t)n;
+    rb->off = 0;
+    return n;
+}
+
+/* Count, record and parse what was read, in slices of MOVE_CHUNK so recorded events keep the
+ * size they have always had. */
+static void note_relayed(ssh_chan *c, const uint8_t *p, size_t n, int is_stderr, bool to_client)
+{
+    ssh_sess *s = c->s;
+    s->last_activity = sp_mono_us();
+    if (to_client) {
+        c->bytes_out += (uint64_t)n;
+        s->bytes_out += (uint64_t)n;
+    } else {
+        c->bytes_in += (uint64_t)n;
+        s->bytes_in += (uint64_t)n;
+    }
+    for (size_t off = 0; off < n && s->state == SS_RELAY; off += MOVE_CHUNK) {
+        size_t k = n - off < MOVE_CHUNK ? n - off : MOVE_CHUNK;
+        if (c->is_sftp)
+            sp_sftp_feed(&c->sftp, !to_client, p + off, k);
+        else if (c->kind != CK_SESSION)
+            continue;
+        else if (to_client)
+            rec_bytes(c, is_stderr ? SP_EV_TERM_ERR : SP_EV_TERM_OUT, p + off, k);
+        else if (s->dec.role->record_input)
+            rec_bytes(c, SP_EV_TERM_IN, p + off, k);
+    }
+}
+
+/* Move one stream of a channel from `from` to `to`.
+ *
+ * libssh 0.10 re-opens a channel's receive window to 1,280,000 bytes after every read that
+ * leaves it under half that, without counting what it still holds unread: a relay that reads
+ * a little at a time (as much as the slower side takes) lets the faster side send on and on,
+ * libssh's channel buffer grows without bound, and at 256 MiB (its buffer limit) libssh
+ * throws the whole buffer away, silently. So we read only when the previous read is written
+ * out, and then everything libssh holds: what libssh buffers stays within one window, and
+ * what we buffer within one read. */
+static int move(ssh_chan *c, ssh_channel from, ssh_channel to, int is_stderr, bool to_client)
+{
+    struct relay_buf *rb = relay_of(c, is_stderr, to_client);
+    for (;;) {
+        int rc = relay_flush(c, rb, to, is_stderr, to_client);
+        if (rc <= 0)
+            return rc;
+        int n = relay_fill(c, rb, from, is_stderr);
+        if (n <= 0)
+            return n;
+        note_relayed(c, rb->data, (size_t)n, is_stderr, to_client);
+        if (c->s->state != SS_RELAY)
+            return -1;
     }
 }
 
@@ -1953,6 +1996,32 @@ static void step(ssh_sess *s)
         end_session(s, "target-closed");
 }
 
+static uint64_t relay_activity(const ssh_sess *s)
+{
+    return s->bytes_in + s->bytes_out + s->cl_sock.in_bytes + s->cl_sock.out_bytes +
+           s->up_sock.in_bytes + s->up_sock.out_bytes;
+}
+
+/* libssh reads and writes both sockets from inside our calls (ssh_channel_write flushes and
+ * polls the whole event, ssh_channel_poll reads when a channel buffer is empty): after a pass
+ * over the channels, data may wait in a channel buffer whose socket was already drained, or
+ * in a relay buffer whose destination has since flushed its socket, and no socket event will
+ * come for it. So pass again until a pass changes nothing: moves no byte and makes libssh
+ * read or write none. Then every stream waits for something only a socket event brings. When
+ * the passes run out first, the tick timer comes back on the next loop iteration. */
+static void relay_until_quiet(ssh_sess *s)
+{
+    for (int i = 0; i < RELAY_PASSES_MAX; i++) {
+        if (s->state != SS_RELAY)
+            return;
+        uint64_t before = relay_activity(s);
+        chans_step(s);
+        if (relay_activity(s) == before)
+            return;
+    }
+    uv_timer_start(&s->tick, on_tick, 0, TICK_MS);
+}
+
 static void drive(ssh_sess *s)
 {
     if (s->driving || s->state == SS_DONE)
@@ -1966,6 +2035,7 @@ static void drive(ssh_sess *s)
     }
     if (s->state < SS_CLOSING)
         step(s);
+    relay_until_quiet(s);
     if (s->state == SS_CLOSING && (!(ssh_get_poll_flags(s->cl) & SSH_WRITE_PENDING) ||
                                    sp_mono_us() - s->closing_since > LINGER_US))
         finish(s);
@@ -2067,6 +2137,7 @@ void ssh_session_accept(sp_worker *w, uv_stream_t *listener)
         return;
     }
     ssh_set_blocking(s->cl, 0);
+    ssh_set_counters(s->cl, &s->cl_sock, NULL);
     ssh_event_add_session(s->ev, s->cl);
     uv_poll_init(&w->loop, &s->cl_poll, fd);
     s->cl_poll.data = s;
