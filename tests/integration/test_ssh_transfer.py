@@ -81,23 +81,28 @@ def test_rsync_directory(ssh_gateway, xfer):
     assert r.stdout == local.stdout
 
 
-def cat_gigabyte(opts, dest):
-    """`head -c 1 GiB` on the target, counted by `wc -c` here: (bytes, seconds)."""
-    cmd = f"head -c {GIGABYTE} /dev/zero"
+def cat_gigabyte(opts, dest, size=GIGABYTE, rekey="64M", timeout=150):
+    """`head -c SIZE` on the target, counted by `wc -c` here: (bytes, seconds)."""
+    cmd = f"head -c {size} /dev/zero"
     t0 = time.monotonic()
-    r = run(["bash", "-c", " ".join(["ssh", *opts, "-o", "RekeyLimit=64M", dest, f"'{cmd}'",
-                                     "| wc -c"])], timeout=150)
+    r = run(["bash", "-c", " ".join(["ssh", *opts, "-o", f"RekeyLimit={rekey}", dest,
+                                     f"'{cmd}'", "| wc -c"])], timeout=timeout)
     return int(r.stdout.strip() or 0), time.monotonic() - t0
 
 
 # The client re-keys every 64 MB (16 times) while the target sends faster than the client
-# takes: every byte must arrive, and the gateway must not buffer the difference.
-@pytest.mark.timeout(170)
+# takes: every byte must arrive, and the gateway must not buffer the difference. Under ASan
+# the gateway's own code runs several times slower, so that build moves a quarter of it with
+# re-keys four times as often: the same 16 re-keys, within the suite's time.
+@pytest.mark.timeout(200)
 def test_one_gigabyte_cat_with_rekeying(ssh_gateway, xfer):
     key, _, _ = xfer
-    got, took = cat_gigabyte(*ssh_gateway.ssh_base(key))
-    assert got == GIGABYTE
-    print(f"\n1 GiB cat through the gateway: {took:.1f}s ({GIGABYTE / took / 1e6:.0f} MB/s)")
+    size, rekey = (GIGABYTE // 4, "16M") if ssh_gateway.sanitized else (GIGABYTE, "64M")
+    got, took = cat_gigabyte(*ssh_gateway.ssh_base(key), size=size, rekey=rekey, timeout=180)
+    assert got == size
+    print(f"
+{size >> 20} MiB cat through the gateway, RekeyLimit={rekey}: {took:.1f}s "
+          f"({size / took / 1e6:.0f} MB/s)")
 
 
 # A benchmark, not a check of the gateway alone: opt-in (SP_SSH_BENCH=1) because it takes
