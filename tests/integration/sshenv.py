@@ -109,6 +109,10 @@ class Sshd:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
+        # Whatever sessions left running on the target (the test logins exist for these
+        # tests only) must not outlive the suite and load the machine.
+        for login in (TARGET_LOGIN, OTHER_LOGIN):
+            subprocess.run(["pkill", "-KILL", "-u", login], check=False)
 
     def log_text(self):
         try:

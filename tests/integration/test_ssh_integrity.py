@@ -13,7 +13,9 @@ import pytest
 from conftest import wait_until
 from sshenv import TARGET_LOGIN
 
-BUSY = "while true; do head -c 65536 /dev/urandom | base64; sleep 0.05; done"
+# `|| exit`: when the session goes (the gateway killed), the loop ends with it instead of
+# spinning on a broken pipe on the target after the test.
+BUSY = "while true; do head -c 65536 /dev/urandom | base64 || exit 1; sleep 0.05; done"
 
 
 def verify(gateway, session_id):
