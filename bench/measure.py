@@ -224,12 +224,11 @@ def ssh_cat(rig, path, payload):
 
 
 def scp(rig, path, src, dst):
-    """Legacy scp protocol (-O): an sftp download of this size can stall through the gateway
-    (a known bug, test_ssh_transfer.py); legacy scp is unaffected."""
+    """scp as OpenSSH 9 runs it by default: over the sftp subsystem."""
     opts, dest = rig.ssh_args(path, scp=True)
     src = src.replace("REMOTE:", f"{dest}:")
     dst = dst.replace("REMOTE:", f"{dest}:")
-    return timed(["scp", "-O", "-q", *opts, src, dst], timeout=1200)
+    return timed(["scp", "-q", *opts, src, dst], timeout=1200)
 
 
 def bench_ssh(rig, mib, directory, usage):
