@@ -100,8 +100,7 @@ def test_one_gigabyte_cat_with_rekeying(ssh_gateway, xfer):
     size, rekey = (GIGABYTE // 4, "16M") if ssh_gateway.sanitized else (GIGABYTE, "64M")
     got, took = cat_gigabyte(*ssh_gateway.ssh_base(key), size=size, rekey=rekey, timeout=180)
     assert got == size
-    print(f"
-{size >> 20} MiB cat through the gateway, RekeyLimit={rekey}: {took:.1f}s "
+    print(f"\n{size >> 20} MiB cat through the gateway, RekeyLimit={rekey}: {took:.1f}s "
           f"({size / took / 1e6:.0f} MB/s)")
 
 
