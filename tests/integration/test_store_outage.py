@@ -137,12 +137,13 @@ def test_store_locked_past_grace_refuses_new_and_ends_live_sessions(short_grace,
     assert "recording: sealed" in timeline, timeline
     verify = json.loads(gw.cli("verify", "--json", session["id"]).stdout)
     assert verify[0]["status"] == "sealed-ok", verify
+    # The gateway sees the store back at its next check (every 500 ms), then serves again.
+    over = wait_until(lambda: audit_events(gw, "store-outage-end"), 10,
+                      what="the store-outage-end audit event")
     with gw.connect(late, late_token) as again:
         assert query_ok(again)
     exceeded = audit_events(gw, "store-outage-grace-exceeded")
     assert exceeded and exceeded[-1]["status"] == "Failure", exceeded
-    over = wait_until(lambda: audit_events(gw, "store-outage-end"), 10,
-                      what="the store-outage-end audit event")
     assert "ended" in over[-1]["status_detail"], over[-1]
     refusals = [e for e in audit_events(gw, "logon") + audit_events(gw, "authorize")
                 if e.get("user", {}).get("name") == late and e.get("status") == "Failure"]
@@ -206,6 +207,7 @@ def test_ssh_store_locked_past_grace(ssh_short_grace, new_name, tmp_path):
         assert live.stdout.readline() == "tick\n"
         session = gw.session_of(name, ended=False)
         outages = len(audit_events(gw, "store-outage"))
+        ends_before = len(audit_events(gw, "store-outage-end"))
         lock = StoreLock(store_path(gw))
         try:
             outage_noticed(gw, outages)
@@ -235,5 +237,7 @@ def test_ssh_store_locked_past_grace(ssh_short_grace, new_name, tmp_path):
           f"after the lock (grace {GRACE_S}s)")
     row = gw.session_of(name, ended=True, timeout=15)
     assert row["id"] == session["id"] and row["end_reason"] == "store-unavailable", row
+    wait_until(lambda: len(audit_events(gw, "store-outage-end")) > ends_before, 10,
+               what="the store-outage-end audit event")
     ok = gw.ssh(keys["late"][1], "echo served-again")
     assert ok.returncode == 0 and ok.stdout == "served-again\n", ok
