@@ -1888,12 +1888,17 @@ static void chan_pump(ssh_chan *c)
             ssh_channel_send_eof(c->cl);
     }
     if (ssh_channel_is_closed(c->up) && drained(c->up) && !has_pending(c, true)) {
-        if (!ssh_channel_is_closed(c->cl))
+        if (!(ssh_get_status(s->cl) & (SSH_CLOSED | SSH_CLOSED_ERROR)))
             send_exit(c);
         chan_close_both(c);
         return;
     }
-    if (ssh_channel_is_closed(c->cl))
+    /* A client that closes its channel once both directions saw EOF (OpenSSH does, with its
+     * input at EOF, e.g. `ssh -n` or a multiplexed channel) still reads the exit status we
+     * send before our close, as it would from sshd: the target sends its EOF first and the
+     * exit status when the command has exited, so wait for the target's close. A client
+     * that closes before the target's output has ended has left: close both now. */
+    if (ssh_channel_is_closed(c->cl) && !(c->eof_to_cl && !ssh_channel_is_closed(c->up)))
         chan_close_both(c);
 }
 

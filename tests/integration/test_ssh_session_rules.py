@@ -60,9 +60,6 @@ def test_idle_session_ends_after_the_roles_idle_timeout(ssh_gateway, new_name, t
     assert sess["end_reason"] == "idle"
 
 
-@pytest.mark.xfail(strict=False, reason="seen once in CI against the ASan build: the second "
-                   "multiplexed channel's exit status (4) reached the client as 255 although its "
-                   "output arrived; open in issue 3")
 def test_several_channels_share_one_connection(ssh_gateway, new_name, tmp_path):
     """OpenSSH connection sharing (ControlMaster): one gateway session, one channel per
     command, run at the same time, each with its own output and exit status."""
@@ -90,3 +87,34 @@ def test_several_channels_share_one_connection(ssh_gateway, new_name, tmp_path):
     execs = {e["fields"][1]: e["fields"][0] for e in events if e["type"] == "exec"}
     assert set(execs) == {"sleep 1; echo slow; exit 3", "echo fast; exit 4"}
     assert len(set(execs.values())) == 2  # two channels
+
+
+def test_exit_status_after_the_output_ends_reaches_a_client_that_closed(ssh_gateway, new_name,
+                                                                         tmp_path):
+    """A command that closes its output and exits later: the target sends EOF, then (a second
+    later) the exit status. An OpenSSH client whose input is at EOF (-n, or a multiplexed
+    channel) closes its channel on that EOF and still waits for the exit status, as it would
+    from sshd; the gateway must pass it on, not drop the channel with the client's close."""
+    name, key = _identity(ssh_gateway, new_name, "ops", tmp_path)
+    opts, dest = ssh_gateway.ssh_base(key)
+    cmd = "echo out; exec >&- 2>&-; sleep 1; exit 4"
+    r = run(["ssh", *opts, "-n", dest, cmd], check=False)
+    assert (r.stdout.strip(), r.returncode) == ("out", 4), r.stderr
+    control = tmp_path / "ctl"
+    mux = ["-o", f"ControlPath={control}"]
+    master = subprocess.Popen(["ssh", *opts, *mux, "-o", "ControlMaster=yes", "-N", dest],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE)
+    try:
+        wait_until(lambda: control.exists(), 15, what="the control socket")
+        r = run(["ssh", *opts, *mux, dest, cmd], check=False)
+        assert (r.stdout.strip(), r.returncode) == ("out", 4), r.stderr
+    finally:
+        master.terminate()
+        master.wait(timeout=10)
+    def ended():
+        rows = [s for s in ssh_gateway.sessions() if s.get("identity") == name]
+        return rows if len(rows) == 2 and all(s.get("ended_at") for s in rows) else None
+    for sess in wait_until(ended, 15, what="both sessions ended"):
+        exits = [e["fields"][1:] for e in _events(ssh_gateway, sess["id"]) if e["type"] == "exit"]
+        assert exits == [["status", "4"]]
