@@ -84,7 +84,7 @@ typedef struct pg_session {
     char auth_fail_reason[48];
     uint8_t salt[SP_SCRAM_SALTLEN];
     int iterations;
-    sp_token_verifier tokens[MAX_TOKENS];
+    sp_token_verifier *tokens; /* MAX_TOKENS, held from the lookup to the SCRAM proof only */
     size_t n_tokens;
     char cred_id[SP_CRED_ID_LEN];
 
@@ -187,6 +187,16 @@ static json_t *audit_base(pg_session *s, enum sp_audit_activity activity, const 
 
 /* ---- lifecycle ---- */
 
+static void drop_tokens(pg_session *s)
+{
+    if (s->tokens) {
+        OPENSSL_cleanse(s->tokens, MAX_TOKENS * sizeof(*s->tokens));
+        free(s->tokens);
+    }
+    s->tokens = NULL;
+    s->n_tokens = 0;
+}
+
 static void maybe_free(pg_session *s)
 {
     if (s->handles > 0 || s->jobs > 0)
@@ -195,6 +205,7 @@ static void maybe_free(pg_session *s)
     sp_buf_free(&s->in);
     sp_buf_free(&s->up_in);
     sp_buf_free(&s->params);
+    drop_tokens(s);
     sp_pg_scanner_free(&s->cscan);
     sp_pg_scanner_free(&s->sscan);
     if (s->tls)
@@ -761,6 +772,12 @@ static void lookup_work(uv_work_t *req)
         snprintf(s->auth_fail_reason, sizeof(s->auth_fail_reason), "identity-disabled");
         return;
     }
+    s->tokens = calloc(MAX_TOKENS, sizeof(*s->tokens));
+    if (!s->tokens) {
+        snprintf(j->err, sizeof(j->err), "out of memory for token verifiers");
+        j->status = -1;
+        return;
+    }
     if (sp_store_tokens_live(g->store, s->identity, now, s->tokens, MAX_TOKENS, &s->n_tokens,
                              j->err, sizeof(j->err)) < 0) {
         j->status = -1;
@@ -891,8 +908,7 @@ static void handle_sasl(pg_session *s, const sp_pg_msg *m)
     send_client(s, &b);
     sp_buf_free(&b);
     sp_buf_free(&out);
-    OPENSSL_cleanse(s->tokens, sizeof(s->tokens));
-    s->n_tokens = 0;
+    drop_tokens(s);
 
     json_t *ev = audit_base(s, SP_AUDIT_AUTH_LOGON, "logon", true);
     json_object_set_new(ev, "auth_protocol",

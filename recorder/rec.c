@@ -33,7 +33,7 @@ typedef struct rec_fsync {
 
 struct sp_rec {
     int fd;
-    char path[PATH_MAX];
+    char *path; /* heap, its own length: an idle session's recording stays small */
     size_t max_text;
     sp_buf events; /* raw events not yet flushed, in the chunk payload layout */
     uint32_t buffered_events;
@@ -50,7 +50,7 @@ struct sp_rec {
     sp_buf summary;              /* identity metadata, repeated in the signed trailer */
     int64_t started_at;
     bool failed;
-    char error[PATH_MAX + 128];
+    char error[512];
     int64_t last_fsync_us; /* monotonic */
     rec_fsync *fsync_pending;
     /* sp_rec_close in progress */
@@ -88,9 +88,9 @@ static void rec_fail(sp_rec *r, const char *what, int err)
         return;
     r->failed = true;
     if (err)
-        snprintf(r->error, sizeof(r->error), "%s %s: %s", what, r->path, strerror(err));
+        snprintf(r->error, sizeof(r->error), "%s %.300s: %s", what, r->path, strerror(err));
     else
-        snprintf(r->error, sizeof(r->error), "%s %s", what, r->path);
+        snprintf(r->error, sizeof(r->error), "%s %.300s", what, r->path);
 }
 
 static int rec_write(sp_rec *r, const uint8_t *p, size_t n)
@@ -224,11 +224,17 @@ static int rec_make_path(sp_rec *r, const char *dir, const sp_rec_meta *meta, ch
         snprintf(err, errlen, "create recording directory %s: %s", day, strerror(errno));
         return -1;
     }
-    n = snprintf(r->path, sizeof(r->path), "%s/%s.spr", day, meta->session_id);
-    if (n < 0 || (size_t)n >= sizeof(r->path)) {
+    size_t len = strlen(day) + 1 + strlen(meta->session_id) + sizeof(".spr");
+    if (len > PATH_MAX) {
         snprintf(err, errlen, "recording path too long under %s", day);
         return -1;
     }
+    r->path = malloc(len);
+    if (!r->path) {
+        snprintf(err, errlen, "out of memory creating a recording");
+        return -1;
+    }
+    snprintf(r->path, len, "%s/%s.spr", day, meta->session_id);
     return 0;
 }
 
@@ -293,6 +299,7 @@ fail:
     sp_buf_free(&r->index);
     sp_buf_free(&r->summary);
     OPENSSL_cleanse(r->data_key, sizeof(r->data_key));
+    free(r->path);
     free(r);
     return NULL;
 }
@@ -420,7 +427,7 @@ static int rec_write_chunk(sp_rec *r, ZSTD_CCtx *cctx, const uint8_t *raw, size_
     }
     size_t stored = ZSTD_compressCCtx(cctx, out + REC_CHUNK_HEADER, bound, raw, raw_len, 3);
     if (ZSTD_isError(stored)) {
-        snprintf(r->error, sizeof(r->error), "compress chunk of %s: %s", r->path,
+        snprintf(r->error, sizeof(r->error), "compress chunk of %.300s: %s", r->path,
                  ZSTD_getErrorName(stored));
         r->failed = true;
         free(out);
@@ -626,7 +633,7 @@ static int rec_write_trailer(sp_rec *r, const char *reason)
     char why[256];
     int rc;
     if (rec_build_trailer(&t, &in, why, sizeof(why)) < 0) {
-        snprintf(r->error, sizeof(r->error), "seal %.3900s: %.200s", r->path, why);
+        snprintf(r->error, sizeof(r->error), "seal %.300s: %.200s", r->path, why);
         r->failed = true;
         rc = -1;
     } else {
@@ -645,6 +652,7 @@ static void rec_free(sp_rec *r)
     sp_buf_free(&r->index);
     sp_buf_free(&r->summary);
     OPENSSL_cleanse(r->data_key, sizeof(r->data_key));
+    free(r->path);
     free(r);
 }
 
