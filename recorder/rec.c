@@ -234,7 +234,11 @@ static int rec_make_path(sp_rec *r, const char *dir, const sp_rec_meta *meta, ch
         snprintf(err, errlen, "out of memory creating a recording");
         return -1;
     }
-    snprintf(r->path, len, "%s/%s.spr", day, meta->session_id);
+    n = snprintf(r->path, len, "%s/%s.spr", day, meta->session_id);
+    if (n < 0 || (size_t)n >= len) { /* cannot happen: len was computed to fit */
+        snprintf(err, errlen, "recording path too long under %s", day);
+        return -1;
+    }
     return 0;
 }
 
