@@ -1593,6 +1593,22 @@ static bool env_allowed(const ssh_sess *s, const char *name)
     return name && s->dec.role->env && sp_list_contains(s->dec.role->env, name);
 }
 
+/* A channel request the role does not allow is answered with a failure and only noted in the
+ * recording: OpenSSH sends LANG and LC_* on every session, so an audit line each would drown
+ * the trail. An env value is not kept, only its name. */
+static void rec_refused(ssh_chan *c, const char *what, const char *name)
+{
+    if (!c->s->rec)
+        return;
+    char note[160];
+    if (name)
+        snprintf(note, sizeof(note), "channel %d: %s %.64s refused: not in the role's env", c->num,
+                 what, name);
+    else
+        snprintf(note, sizeof(note), "channel %d: %s refused", c->num, what);
+    sp_rec_eventv(c->s->rec, SP_EV_NOTE, sp_now_us(), note, NULL);
+}
+
 /* Forward the request at the head of the queue upstream. SSH_AGAIN: the target has not
  * answered yet, retried on the next event. */
 static int forward_request(ssh_chan *c, ssh_message m, bool *handled)
@@ -1650,14 +1666,20 @@ static int forward_request(ssh_chan *c, ssh_message m, bool *handled)
     case SSH_CHANNEL_REQUEST_ENV: {
         const char *name = ssh_message_channel_request_env_name(m);
         const char *value = ssh_message_channel_request_env_value(m);
-        if (!env_allowed(c->s, name))
+        if (!env_allowed(c->s, name)) {
+            rec_refused(c, "env", name);
             return SSH_ERROR;
+        }
         int rc = ssh_channel_request_env(c->up, name, value ? value : "");
         if (rc == SSH_OK)
             rec_chan(c, SP_EV_ENV, name, value ? value : "", NULL);
         return rc;
     }
-    default: /* x11, unknown (auth-agent-req comes through on_cl_agent_req) */
+    case SSH_CHANNEL_REQUEST_X11:
+        rec_refused(c, "x11-req", NULL);
+        return SSH_ERROR;
+    default: /* unknown (auth-agent-req comes through on_cl_agent_req) */
+        rec_refused(c, "an unknown request", NULL);
         return SSH_ERROR;
     }
 }

@@ -1,5 +1,5 @@
-"""Session rules through the SSH gateway: environment requests as the role allows, exit by
-signal, the role's idle timeout, several channels on one connection."""
+"""Session rules through the SSH gateway: environment requests as the role allows, X11
+refused, exit by signal, the role's idle timeout, several channels on one connection."""
 
 import json
 import subprocess
@@ -24,7 +24,8 @@ def _events(gw, session_id):
 
 def test_env_passes_only_what_the_role_allows(ssh_gateway, new_name, tmp_path):
     name, key = _identity(ssh_gateway, new_name, "ops", tmp_path)
-    env = {"PATH": "/usr/bin:/bin", "SP_TEST_VAR": "allowed-value", "SP_OTHER_VAR": "refused"}
+    env = {"PATH": "/usr/bin:/bin", "SP_TEST_VAR": "allowed-value",
+           "SP_OTHER_VAR": "not-passed-value"}
     r = subprocess.run(["ssh", *ssh_gateway.ssh_base(key)[0], "-o", "SendEnv=SP_TEST_VAR",
                         "-o", "SendEnv=SP_OTHER_VAR", ssh_gateway.ssh_base(key)[1],
                         'echo "test=$SP_TEST_VAR other=$SP_OTHER_VAR"'],
@@ -34,6 +35,25 @@ def test_env_passes_only_what_the_role_allows(ssh_gateway, new_name, tmp_path):
     events = _events(ssh_gateway, ssh_gateway.session_of(name, ended=True)["id"])
     envs = [e["fields"][1:] for e in events if e["type"] == "env"]
     assert envs == [["SP_TEST_VAR", "allowed-value"]]
+    # The refusal is noted by name; the refused value is kept nowhere.
+    notes = [e["fields"][0] for e in events if e["type"] == "note"]
+    assert any("env SP_OTHER_VAR refused" in n for n in notes), notes
+    assert "not-passed-value" not in json.dumps(events)
+
+
+def test_x11_forwarding_is_refused_and_noted(ssh_gateway, new_name, tmp_path):
+    """X11 forwarding is never relayed: the client is told, its command still runs, and the
+    recording notes the refused request."""
+    name, key = _identity(ssh_gateway, new_name, "ops", tmp_path)
+    opts, dest = ssh_gateway.ssh_base(key)
+    r = subprocess.run(["ssh", *opts, "-X", dest, "echo ran"], capture_output=True, text=True,
+                       env={"PATH": "/usr/bin:/bin", "DISPLAY": "127.0.0.1:99"}, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "ran"
+    assert "X11 forwarding request failed" in r.stderr
+    events = _events(ssh_gateway, ssh_gateway.session_of(name, ended=True)["id"])
+    notes = [e["fields"][0] for e in events if e["type"] == "note"]
+    assert any("x11-req refused" in n for n in notes), notes
 
 
 def test_exit_by_signal_reaches_the_client_and_the_recording(ssh_gateway, new_name, tmp_path):
