@@ -943,9 +943,9 @@ static void tell_client(ssh_sess *s, const char *text)
     }
 }
 
-static void authorize_after(uv_work_t *req, int status)
+/* Applies the authorization's result; false when the session was already gone. */
+static bool authorize_apply(job *j, int status)
 {
-    job *j = req->data;
     ssh_sess *s = j->s;
     int outcome = status < 0 ? JO_STORE : j->status;
     char err[256], reason[300];
@@ -964,7 +964,7 @@ static void authorize_after(uv_work_t *req, int status)
         /* The client left while the job ran: undo what it made. */
         release_session_state(s);
         job_done(j);
-        return;
+        return false;
     }
     job_done(j);
     ssh_message m = s->held;
@@ -973,7 +973,7 @@ static void authorize_after(uv_work_t *req, int status)
 
     if (outcome == JO_AUTH_FAILED) {
         auth_refuse(s, m, reason);
-        return;
+        return true;
     }
     json_t *ev = audit_base(s, SP_AUDIT_AUTH_LOGON, "logon", outcome != JO_STORE);
     json_object_set_new(ev, "auth_protocol", json_string(s->auth_method_name));
@@ -992,22 +992,22 @@ static void authorize_after(uv_work_t *req, int status)
                  s->login, s->target_name, s->identity);
         tell_client(s, msg);
         auth_refuse(s, m, s->dec.reason);
-        return;
+        return true;
     case JO_RECORDING:
         sp_error("ssh %s: recording cannot be written: %s", s->id, err);
         tell_client(s, "sallyport: session refused: its recording cannot be written\n");
         auth_refuse(s, m, "recording-failed");
-        return;
+        return true;
     case JO_RESOLVE:
         sp_error("ssh %s: %s", s->id, err);
         tell_client(s, "sallyport: cannot reach the target\n");
         auth_refuse(s, m, "upstream-unreachable");
-        return;
+        return true;
     default:
         sp_error("ssh %s: store error while authorizing: %s", s->id, err);
         tell_client(s, "sallyport: the store is unavailable; try again later\n");
         auth_refuse(s, m, "store-unavailable");
-        return;
+        return true;
     }
     if (!s->rec) {
         json_t *gap = audit_base(s, SP_AUDIT_SSH_RECORDING_GAP, "recording-gap", false);
@@ -1024,7 +1024,7 @@ static void authorize_after(uv_work_t *req, int status)
         ssh_message_reply_default(m);
         ssh_message_free(m);
         end_session(s, "too-many-clients");
-        return;
+        return true;
     }
     s->live_registered = true;
     s->held = m;
@@ -1033,6 +1033,17 @@ static void authorize_after(uv_work_t *req, int status)
                       s->target_name, "login", s->login, "client_addr", s->peer, "auth",
                       s->auth_method_name, "credential", s->cred_id, NULL);
     up_start(s);
+    return true;
+}
+
+/* A refusal's answer can sit in libssh's output buffer (the issue banner before it took the
+ * socket): drive the session now rather than at the next tick, a second later. */
+static void authorize_after(uv_work_t *req, int status)
+{
+    job *j = req->data;
+    ssh_sess *s = j->s;
+    if (authorize_apply(j, status))
+        drive(s);
 }
 
 static void start_authorize(ssh_sess *s, ssh_message m, enum auth_method method, const char *token)
