@@ -1,11 +1,10 @@
 """Session rules through the SSH gateway: environment requests as the role allows, X11
 refused, exit by signal, the role's idle timeout, several channels on one connection."""
 
+import contextlib
 import json
 import subprocess
 import time
-
-import pytest
 
 from conftest import run, wait_until
 
@@ -15,6 +14,22 @@ def _identity(gw, new_name, role, tmp_path):
     gw.add_identity(name)
     gw.grant(name, role)
     return name, gw.ssh_cert(name, tmp_path / "keys")
+
+
+@contextlib.contextmanager
+def _control_master(opts, dest, tmp_path):
+    """An OpenSSH control master (ssh -N) for the block; yields the options that share it."""
+    control = tmp_path / "ctl"
+    mux = ["-o", f"ControlPath={control}"]
+    master = subprocess.Popen(["ssh", *opts, *mux, "-o", "ControlMaster=yes", "-N", dest],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE)
+    try:
+        wait_until(lambda: control.exists(), 15, what="the control socket")
+        yield mux
+    finally:
+        master.terminate()
+        master.wait(timeout=10)
 
 
 def _events(gw, session_id):
@@ -85,22 +100,13 @@ def test_several_channels_share_one_connection(ssh_gateway, new_name, tmp_path):
     command, run at the same time, each with its own output and exit status."""
     name, key = _identity(ssh_gateway, new_name, "ops", tmp_path)
     opts, dest = ssh_gateway.ssh_base(key)
-    control = tmp_path / "ctl"
-    mux = ["-o", f"ControlPath={control}"]
-    master = subprocess.Popen(["ssh", *opts, *mux, "-o", "ControlMaster=yes", "-N", dest],
-                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE)
-    try:
-        wait_until(lambda: control.exists(), 15, what="the control socket")
+    with _control_master(opts, dest, tmp_path) as mux:
         slow = subprocess.Popen(["ssh", *opts, *mux, dest, "sleep 1; echo slow; exit 3"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         fast = run(["ssh", *opts, *mux, dest, "echo fast; exit 4"], check=False)
         slow_out, _ = slow.communicate(timeout=30)
         assert (fast.stdout.strip(), fast.returncode) == ("fast", 4)
         assert (slow_out.strip(), slow.returncode) == ("slow", 3)
-    finally:
-        master.terminate()
-        master.wait(timeout=10)
     sessions = [s for s in ssh_gateway.sessions() if s.get("identity") == name]
     assert len(sessions) == 1
     events = _events(ssh_gateway, ssh_gateway.session_of(name, ended=True)["id"])
@@ -120,18 +126,9 @@ def test_exit_status_after_the_output_ends_reaches_a_client_that_closed(ssh_gate
     cmd = "echo out; exec >&- 2>&-; sleep 1; exit 4"
     r = run(["ssh", *opts, "-n", dest, cmd], check=False)
     assert (r.stdout.strip(), r.returncode) == ("out", 4), r.stderr
-    control = tmp_path / "ctl"
-    mux = ["-o", f"ControlPath={control}"]
-    master = subprocess.Popen(["ssh", *opts, *mux, "-o", "ControlMaster=yes", "-N", dest],
-                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE)
-    try:
-        wait_until(lambda: control.exists(), 15, what="the control socket")
+    with _control_master(opts, dest, tmp_path) as mux:
         r = run(["ssh", *opts, *mux, dest, cmd], check=False)
         assert (r.stdout.strip(), r.returncode) == ("out", 4), r.stderr
-    finally:
-        master.terminate()
-        master.wait(timeout=10)
     def ended():
         rows = [s for s in ssh_gateway.sessions() if s.get("identity") == name]
         return rows if len(rows) == 2 and all(s.get("ended_at") for s in rows) else None
