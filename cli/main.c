@@ -457,7 +457,8 @@ static int cmd_serve(cli_ctx *ctx, cli_args *a)
 
 static void print_overview(FILE *out)
 {
-    fprintf(out, "sallyport: a recorded, least-privilege gateway to PostgreSQL databases.\n"
+    fprintf(out, "sallyport: a recorded, least-privilege gateway to PostgreSQL databases"
+                 " and SSH hosts.\n"
                  "\n"
                  "Usage: sallyport COMMAND [ARGS] [-c FILE]\n"
                  "\n"

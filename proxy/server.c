@@ -247,8 +247,6 @@ static int open_audit(const sp_config *cfg, char *err, size_t errlen)
         .signing_key_file = cfg->signing_key_file,
         .checkpoints_to_syslog = true,
     };
-    if (!cfg->signing_key_file)
-        sp_warn("no signing_key_file: audit checkpoints are written unsigned");
     return sp_audit_open(cfg->audit_dir, &opt, err, errlen);
 }
 
