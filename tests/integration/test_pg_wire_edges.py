@@ -60,7 +60,7 @@ def test_unknown_protocol_version_and_second_sslrequest(gateway):
     sock.close()
 
 
-@pytest.mark.parametrize("length", [0, 7, 2**31 - 1, 10 * 1024 * 1024])
+@pytest.mark.parametrize("length", [0, 7, 2**31 - 1, 2**31, 2**32 - 1, 10 * 1024 * 1024])
 def test_bad_startup_lengths_get_protocol_errors(gateway, length):
     sock = tls_socket(gateway.port)
     sock.sendall(struct.pack("!I", length) + struct.pack("!I", PROTOCOL_3_0))
