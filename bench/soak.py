@@ -10,12 +10,12 @@ Load, all through the gateway at once:
 Samples (every 10 s): gateway RSS, open fds, and a latency probe (a new connection, then the
 median of 20 `select 1` on it), into bench/results/soak-<stamp>.csv and a PNG chart.
 
-Verdict: the first third of the run is warm-up. RSS rises there while caches fill: SQLite's
-page cache (its default, 2 MiB per store connection) grows with the sessions index until it is
-full, about 15 minutes into a 30-minute soak, and malloc's arenas settle. Over the other two
-thirds a least-squares line is fitted to RSS and to open fds; the run fails (exit 1) when that
-line rises over the window by more than 5 % and 2 MiB (RSS) or 10 % and 8 (fds), or when more
-than 1 % of the load's attempts failed. A single sample varies by several MiB with what is in
+Verdict: the first half of the run is warm-up. RSS rises there while caches fill: SQLite's
+page cache (its default, 2 MiB per store connection) grows with the sessions index until the
+store passes 2 MiB, about 15 minutes into this load, and malloc's arenas settle. Over the
+second half a least-squares line is fitted to RSS and to open fds; the run fails (exit 1) when
+that line rises over the window by more than 5 % and 2 MiB (RSS) or 10 % and 8 (fds), or when
+more than 1 % of the load's attempts failed. A single sample varies by several MiB with what is in
 flight (a 4 MiB cat holds relay buffers), which is why a trend, not two points, is compared.
 """
 
@@ -126,8 +126,8 @@ def sample(rig, started, loops):
 
 
 def warm_up(samples):
-    """The samples of the first third of the run."""
-    return samples[:len(samples) // 3]
+    """The samples of the first half of the run."""
+    return samples[:len(samples) // 2]
 
 
 def trend(samples, key):
