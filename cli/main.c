@@ -271,11 +271,12 @@ const cli_command cli_commands[] = {
              "offset, duration and outcome.\n"
              "\n"
              "An SSH session plays its terminal output to standard output with the recorded\n"
-             "timing, as the user's terminal showed it. With --no-wait it prints at once\n"
-             "and shows the other events (channels, pty, exec command lines, typed input\n"
-             "when recorded, resizes, exit status, SFTP operations, forwards) as lines like\n"
-             "\"[00:00:03.120 ch0 exec] ls -la\" on standard error, control characters\n"
-             "escaped.\n"
+             "timing, as the user's terminal showed it. With --no-wait it prints a\n"
+             "transcript at once: the output as text, and the other events (channels, pty,\n"
+             "exec command lines, typed input when recorded, resizes, exit status, SFTP\n"
+             "operations, forwards) as lines like \"[00:00:03.120 ch0 exec] ls -la\" on\n"
+             "standard error. Control characters are escaped in both (\\e, \\r, \\x07), so\n"
+             "the session's output cannot move the cursor over an event line or hide one.\n"
              "\n"
              "Options:\n"
              "  --from HH:MM:SS        PostgreSQL: start at this offset from the session start\n"
@@ -284,7 +285,7 @@ const cli_command cli_commands[] = {
              "                         raw event list, as `export --format json`)\n"
              "  --speed N              SSH: play N times as fast (default 1)\n"
              "  --idle-limit SECONDS   SSH: no pause longer than SECONDS\n"
-             "  --no-wait              SSH: print at once, with the other events",
+             "  --no-wait              SSH: a transcript, at once, with the other events",
      .audited = true,
      .needs_store = true,
      .run = cmd_replay,

@@ -1,15 +1,24 @@
-/* Replaying an SSH session: its terminal output, raw, at the recorded pace; or at once with
- * the other events (exec, pty, input, exit, SFTP...) as lines an auditor can read.
+/* Replaying an SSH session: its terminal output, raw, at the recorded pace; or at once, as a
+ * transcript, with the other events (exec, pty, input, exit, SFTP...) as lines an auditor can
+ * read.
  *
- * The output is written raw, as asciinema does: replaying means reproducing what the user's
- * terminal showed, and it can do no more to the auditor's terminal than it did to the user's.
- * Event lines are different: they carry text the user or the target chose (a command line,
- * a file name, typed keys) where the auditor expects plain text, so their control
- * characters are escaped. The CLI is no event loop, so pauses are plain monotonic sleeps. */
+ * Played at its pace the output is written raw, as asciinema does: replaying means
+ * reproducing what the user's terminal showed. The footer that follows it (how the session
+ * ended, whether the recording is sealed) is preceded, on a terminal, by a reset of what the
+ * output may have left set (attributes such as concealed text, the alternate screen, a scroll
+ * region), so the session cannot hide it.
+ *
+ * The transcript (--no-wait) interleaves output and event lines, so the output must not be
+ * able to move the cursor over an event line, erase one, or hide the lines after it: its
+ * control characters are escaped as event lines' are, keeping only line breaks and tabs.
+ * Event lines carry text the user or the target chose (a command line, a file name, typed
+ * keys) where the auditor expects plain text, so theirs are always escaped. The CLI is no
+ * event loop, so pauses are plain monotonic sleeps. */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "common/buf.h"
 #include "common/util.h"
@@ -162,6 +171,37 @@ static void append_escaped(sp_buf *b, const uint8_t *p, size_t n)
     }
 }
 
+/* Appends terminal output as transcript text: as append_escaped, but a line break (LF, or
+ * CR LF) and a tab stay what they are. */
+static void append_transcript(sp_buf *b, const uint8_t *p, size_t n)
+{
+    size_t start = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (p[i] != '\n' && p[i] != '\t')
+            continue;
+        size_t end = i > start && p[i] == '\n' && p[i - 1] == '\r' ? i - 1 : i;
+        append_escaped(b, p + start, end - start);
+        sp_buf_append_u8(b, p[i]);
+        start = i + 1;
+    }
+    append_escaped(b, p + start, n - start);
+}
+
+/* How many bytes at the end of p to hold back for the next output event: a CR that may be
+ * the first half of CR LF, or the start of a UTF-8 character the next event completes. */
+static size_t transcript_tail(const uint8_t *p, size_t n)
+{
+    if (n > 0 && p[n - 1] == '\r')
+        return 1;
+    for (size_t back = 1; back <= 3 && back <= n; back++) {
+        uint8_t c = p[n - back];
+        if (c < 0x80 ||
+            c >= 0xC0) /* an ASCII byte or a lead byte: the last character starts here */
+            return c >= 0xC0 && sp_replay_utf8_at(p + n - back, back) < 0 ? back : 0;
+    }
+    return 0;
+}
+
 static void append_field(sp_buf *b, const sp_rec_ev *ev, size_t i)
 {
     if (i < ev->n_fields)
@@ -193,6 +233,10 @@ typedef struct player {
     struct timespec t0;
     sp_term_channels chans;
     bool mid_line; /* the last output byte shown was not a newline */
+    /* --no-wait: output bytes held back until the next output event of the same channel */
+    uint8_t held[4];
+    size_t n_held;
+    uint32_t held_channel;
     char *end_reason;
     /* Typed keys arrive one per event; they are gathered into one line per Enter. */
     sp_buf input;
@@ -200,10 +244,31 @@ typedef struct player {
     int64_t input_ts;
 } player;
 
+static void write_transcript(player *p, const uint8_t *d, size_t n)
+{
+    if (n == 0)
+        return;
+    sp_buf text;
+    sp_buf_init(&text, 0);
+    append_transcript(&text, d, n);
+    fwrite(text.data, 1, text.len, p->out);
+    p->mid_line = text.len > 0 && text.data[text.len - 1] != '\n';
+    sp_buf_free(&text);
+}
+
+/* Shows the bytes held back, escaped: what follows is not their channel's next output. */
+static void release_held(player *p)
+{
+    size_t n = p->n_held;
+    p->n_held = 0;
+    write_transcript(p, p->held, n);
+}
+
 /* Starts an event line "[00:00:03.120 ch0 exec] " on its own line. */
 static void line_begin(player *p, sp_buf *line, int64_t ts, const uint32_t *channel,
                        const char *label)
 {
+    release_held(p);
     fflush(p->out);
     if (p->mid_line)
         sp_buf_append_u8(line, '\n');
@@ -270,8 +335,46 @@ static void on_output(player *p, const sp_rec_ev *ev)
     }
     const uint8_t *d = ev->fields[1].data;
     size_t n = ev->fields[1].len;
-    fwrite(d, 1, n, p->out);
-    p->mid_line = d[n - 1] != '\n';
+    if (!p->opts->no_wait) {
+        fwrite(d, 1, n, p->out);
+        p->mid_line = d[n - 1] != '\n';
+        return;
+    }
+    uint32_t channel = 0;
+    sp_replay_channel(ev, &channel);
+    if (p->n_held && channel != p->held_channel)
+        release_held(p);
+    if (p->n_held) { /* complete what the last event of this channel left open */
+        size_t take = n < sizeof(p->held) - p->n_held ? n : sizeof(p->held) - p->n_held;
+        uint8_t joined[sizeof(p->held)];
+        memcpy(joined, p->held, p->n_held);
+        memcpy(joined + p->n_held, d, take);
+        size_t len = p->n_held + take;
+        size_t whole = len; /* how much of joined is complete */
+        if (joined[0] == '\r')
+            whole = 1 + (len > 1 && joined[1] == '\n');
+        else if (sp_replay_utf8_at(joined, len) > 0)
+            whole = (size_t)sp_replay_utf8_at(joined, len);
+        else if (sp_replay_utf8_at(joined, len) < 0 && take == n)
+            whole = 0; /* still incomplete: the event was shorter than the character */
+        else
+            whole = p->n_held; /* invalid: the held bytes alone, escaped */
+        if (whole == 0) {
+            memcpy(p->held, joined, len);
+            p->n_held = len;
+            return;
+        }
+        p->n_held = 0;
+        write_transcript(p, joined, whole);
+        size_t used = whole - (len - take); /* bytes of d in what was written */
+        d += used;
+        n -= used;
+    }
+    size_t tail = transcript_tail(d, n);
+    write_transcript(p, d, n - tail);
+    memcpy(p->held, d + n - tail, tail);
+    p->n_held = tail;
+    p->held_channel = channel;
 }
 
 static const char *event_label(enum sp_rec_type type)
@@ -419,11 +522,18 @@ static void print_footer(player *p, sp_rec_reader *rd)
     const char *names[] = {
         [SP_REC_SEALED] = "sealed", [SP_REC_UNSEALED] = "unsealed", [SP_REC_DAMAGED] = "damaged"};
     const char *note = sp_rec_reader_note(rd);
+    release_held(p);
     sp_buf line;
     sp_buf_init(&line, LINE_MAX_BYTES);
     fflush(p->out);
     if (p->mid_line)
         sp_buf_append_u8(&line, '\n');
+    /* Raw output may have left the terminal on the alternate screen, in a scroll region,
+     * concealing text or with the cursor hidden: undo that so the footer shows. The scroll
+     * region reset homes the cursor, hence the save and restore around it; the attributes
+     * are reset after the restore, which brings back those saved. */
+    if (!p->opts->no_wait && isatty(fileno(p->events)))
+        sp_buf_printf(&line, "%s", "\033[?1049l\0337\033[r\0338\033[0m\033(B\033[?25h");
     sp_buf_printf(&line, "end: ");
     append_text(&line, reason);
     if (state == SP_REC_DAMAGED)

@@ -260,9 +260,9 @@ static const char expected_no_wait[] =
     "[00:00:00.012 ch0 shell]\n"
     "$ ls\n"
     "[00:00:01.000 ch0 input] ls\\r\n"
-    "\r\ncaf\xc3\xa9 \xff\\\r\n"
+    "\ncaf\xc3\xa9 \\xff\\\\\n"
     "[00:00:02.000 ch0 resize] 100x30\n"
-    "\x1b[31merr\x1b[0m\r\n"
+    "\\e[31merr\\e[0m\n"
     "[00:00:09.500 ch1 open] session\n"
     "[00:00:09.501 ch1 subsystem] sftp\n"
     "[00:00:09.700 ch1 sftp] open /etc/hosts\n"
@@ -302,6 +302,51 @@ static void test_no_wait(void **state)
     char *text = replay_of(f->path, &opts, &rc);
     assert_int_equal(rc, 0);
     assert_string_equal(text, expected_no_wait);
+    free(text);
+}
+
+/* Output that tries to rewrite the transcript: it moves the cursor over the exec line before it
+ * and prints a forged one, then turns on concealed text for everything after. In the
+ * transcript it is text; the real event lines stand. A CR LF split across two events is one
+ * line break. */
+static void test_no_wait_output_cannot_drive_the_terminal(void **state)
+{
+    fixture *f = *state;
+    sp_rec_meta meta = {.session_id = "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5d",
+                        .kind = "ssh",
+                        .identity = "mallory",
+                        .target = "host1",
+                        .database = "",
+                        .db_user = "ops",
+                        .client_addr = "192.0.2.11:40000",
+                        .started_at = T0};
+    char err[256];
+    sp_rec *r = sp_rec_create(f->scratch.dir, &meta, 4096, err, sizeof(err));
+    assert_non_null(r);
+    snprintf(f->path, sizeof(f->path), "%s", sp_rec_path(r));
+    EV(SP_EV_CHANNEL_OPEN, T0, "0", "session");
+    EV(SP_EV_EXEC, T0 + 100 * MS, "0", "cat /etc/passwd > /tmp/loot");
+    EV(SP_EV_TERM_OUT, T0 + 110 * MS, "0",
+       "\x1b[1A\r\x1b[2K[00:00:00.100 ch0 exec] uptime\r\n\x1b[8m\x1b[?1049h");
+    EV(SP_EV_CHANNEL_OPEN, T0 + 200 * MS, "1", "session");
+    EV(SP_EV_EXEC, T0 + 201 * MS, "1", "rm -f /tmp/loot");
+    EV(SP_EV_TERM_OUT, T0 + 210 * MS, "1", "x\r");
+    EV(SP_EV_TERM_OUT, T0 + 211 * MS, "1", "\ny\r");
+    EV(SP_EV_EXIT, T0 + 220 * MS, "1", "status", "0");
+    EV(SP_EV_SESSION_END, T0 + 300 * MS, "client-closed");
+    assert_int_equal(sp_rec_close_sync(r, f->scratch.cctx, "client-closed"), 0);
+
+    sp_term_opts opts = {.speed = 1, .no_wait = true};
+    int rc;
+    char *text = replay_of(f->path, &opts, &rc);
+    assert_int_equal(rc, 0);
+    assert_null(strchr(text, 0x1b));
+    assert_non_null(strstr(text, "[00:00:00.100 ch0 exec] cat /etc/passwd > /tmp/loot\n"
+                                 "\\e[1A\\r\\e[2K[00:00:00.100 ch0 exec] uptime\n"
+                                 "\\e[8m\\e[?1049h\n"));
+    assert_non_null(strstr(text, "[00:00:00.201 ch1 exec] rm -f /tmp/loot\nx\ny\\r\n"
+                                 "[00:00:00.220 ch1 exit] status 0\n"));
+    assert_non_null(strstr(text, "end: client-closed\nrecording: sealed"));
     free(text);
 }
 
@@ -406,6 +451,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_asciicast_cut_at_close, setup, teardown),
         cmocka_unit_test_setup_teardown(test_json_export, setup, teardown),
         cmocka_unit_test_setup_teardown(test_no_wait, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_no_wait_output_cannot_drive_the_terminal, setup,
+                                        teardown),
         cmocka_unit_test(test_schedule),
         cmocka_unit_test_setup_teardown(test_timed_playback, setup, teardown),
         cmocka_unit_test(test_utf8_at),
