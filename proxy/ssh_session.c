@@ -1658,8 +1658,14 @@ static int forward_request(ssh_chan *c, ssh_message m, bool *handled)
     case SSH_CHANNEL_REQUEST_EXEC: {
         const char *cmd = ssh_message_channel_request_command(m);
         int rc = ssh_channel_request_exec(c->up, cmd ? cmd : "");
-        if (rc == SSH_OK)
-            rec_chan(c, SP_EV_EXEC, cmd ? cmd : "", NULL);
+        if (rc == SSH_OK && c->s->rec) {
+            /* Whole, past record_max_text: a command padded to push its tail past the cut
+             * would otherwise run unseen. */
+            const char *line = cmd ? cmd : "";
+            sp_rec_field f[2] = {{c->num_text, strlen(c->num_text)}, {line, strlen(line)}};
+            sp_rec_event_whole(c->s->rec, SP_EV_EXEC, sp_now_us(), f, 2);
+            rec_flush_if_needed(c->s);
+        }
         return rc;
     }
     case SSH_CHANNEL_REQUEST_SUBSYSTEM: {

@@ -263,8 +263,9 @@ sp_rec *sp_rec_create(const char *recordings_dir, const sp_rec_meta *meta, size_
     r->max_text = max_text == 0 || max_text > REC_MAX_TEXT_CAP ? REC_MAX_TEXT_CAP : max_text;
     /* Room for a full chunk plus one largest event, so sp_rec_event never fails on a session
      * whose engine flushes when asked. */
+    size_t field_max = r->max_text > SP_REC_WHOLE_MAX ? r->max_text : SP_REC_WHOLE_MAX;
     sp_buf_init(&r->events, (size_t)SP_REC_MAX_CHUNK_RAW * 2 + REC_EVENT_HEADER +
-                                SP_REC_MAX_FIELDS * (REC_FIELD_HEADER + r->max_text));
+                                SP_REC_MAX_FIELDS * (REC_FIELD_HEADER + field_max));
     /* 0: the first flush fsyncs at once, so a new session's recording is durable early. */
     r->last_fsync_us = 0;
     if (rec_make_path(r, recordings_dir, meta, err, errlen) < 0)
@@ -334,7 +335,7 @@ static size_t cut_length(const sp_rec_field *f, size_t max_text, bool *cut)
 }
 
 static int rec_append(sp_rec *r, enum sp_rec_type type, int64_t ts_us, const sp_rec_field *fields,
-                      size_t n, uint8_t flags)
+                      size_t n, uint8_t flags, size_t max_text)
 {
     if (r->failed)
         return -1;
@@ -346,7 +347,7 @@ static int rec_append(sp_rec *r, enum sp_rec_type type, int64_t ts_us, const sp_
     bool cut = false;
     size_t total = REC_EVENT_HEADER;
     for (size_t i = 0; i < n; i++) {
-        lens[i] = fields[i].data ? cut_length(&fields[i], r->max_text, &cut) : 0;
+        lens[i] = fields[i].data ? cut_length(&fields[i], max_text, &cut) : 0;
         total += REC_FIELD_HEADER + lens[i];
     }
     if (cut)
@@ -369,7 +370,14 @@ static int rec_append(sp_rec *r, enum sp_rec_type type, int64_t ts_us, const sp_
 int sp_rec_event(sp_rec *r, enum sp_rec_type type, int64_t ts_us, const sp_rec_field *fields,
                  size_t n)
 {
-    return rec_append(r, type, ts_us, fields, n, 0);
+    return rec_append(r, type, ts_us, fields, n, 0, r->max_text);
+}
+
+int sp_rec_event_whole(sp_rec *r, enum sp_rec_type type, int64_t ts_us, const sp_rec_field *fields,
+                       size_t n)
+{
+    size_t max = r->max_text > SP_REC_WHOLE_MAX ? r->max_text : SP_REC_WHOLE_MAX;
+    return rec_append(r, type, ts_us, fields, n, 0, max);
 }
 
 int sp_rec_eventv(sp_rec *r, enum sp_rec_type type, int64_t ts_us, ...)
@@ -389,7 +397,7 @@ int sp_rec_eventv(sp_rec *r, enum sp_rec_type type, int64_t ts_us, ...)
         n++;
     }
     va_end(ap);
-    return rec_append(r, type, ts_us, fields, n, flags);
+    return rec_append(r, type, ts_us, fields, n, flags, r->max_text);
 }
 
 bool sp_rec_wants_flush(const sp_rec *r)
@@ -432,7 +440,8 @@ static int rec_write_chunk(sp_rec *r, ZSTD_CCtx *cctx, const uint8_t *raw, size_
         rec_fail(r, "out of memory compressing a chunk of", 0);
         return -1;
     }
-    size_t stored = ZSTD_compressCCtx(cctx, out + REC_CHUNK_HEADER, bound, raw, raw_len, REC_ZSTD_LEVEL);
+    size_t stored =
+        ZSTD_compressCCtx(cctx, out + REC_CHUNK_HEADER, bound, raw, raw_len, REC_ZSTD_LEVEL);
     if (ZSTD_isError(stored)) {
         snprintf(r->error, sizeof(r->error), "compress chunk of %.300s: %s", r->path,
                  ZSTD_getErrorName(stored));

@@ -26,6 +26,8 @@
 #define SP_REC_MAX_FIELDS 16
 #define SP_REC_BUFFER_FLUSH (64 * 1024) /* raw bytes that trigger an early flush */
 #define SP_REC_MAX_CHUNK_RAW (4 * 1024 * 1024)
+/* sp_rec_event_whole keeps fields up to this size whatever max_text says */
+#define SP_REC_WHOLE_MAX (1024 * 1024)
 #define REC_CHECK_REASON_MAX 1025
 
 /* Event types. Numbers are part of the file format: never reuse one. */
@@ -94,6 +96,10 @@ int sp_rec_event(sp_rec *r, enum sp_rec_type type, int64_t ts_us, const sp_rec_f
                  size_t n);
 /* Convenience: fields given as NUL-terminated strings, NULL-terminated list. */
 int sp_rec_eventv(sp_rec *r, enum sp_rec_type type, int64_t ts_us, ...);
+/* As sp_rec_event, but fields are cut only past SP_REC_WHOLE_MAX (or max_text, if larger): for
+ * what an auditor must see whole, such as an SSH exec command line (at most one SSH packet). */
+int sp_rec_event_whole(sp_rec *r, enum sp_rec_type type, int64_t ts_us, const sp_rec_field *fields,
+                       size_t n);
 bool sp_rec_wants_flush(const sp_rec *r);
 /* Compress the buffered events into one chunk and write it. No-op when empty. loop is used
  * for the periodic fsync on the thread pool. */

@@ -56,6 +56,20 @@ def test_env_passes_only_what_the_role_allows(ssh_gateway, new_name, tmp_path):
     assert "not-passed-value" not in json.dumps(events)
 
 
+def test_exec_command_longer_than_record_max_text_is_recorded_whole(ssh_gateway, new_name,
+                                                                   tmp_path):
+    """A command padded past record_max_text (64k) so that its tail would be cut: the exec
+    event keeps it whole, unmarked, because the tail is what runs."""
+    name, key = _identity(ssh_gateway, new_name, "ops", tmp_path)
+    cmd = ": " + "x" * 70000 + "; echo tail-ran"
+    r = ssh_gateway.ssh(key, cmd)
+    assert (r.returncode, r.stdout.strip()) == (0, "tail-ran"), r.stderr
+    events = _events(ssh_gateway, ssh_gateway.session_of(name, ended=True)["id"])
+    execs = [e for e in events if e["type"] == "exec"]
+    assert len(execs) == 1 and execs[0]["fields"][1] == cmd
+    assert not execs[0].get("flags"), execs[0]
+
+
 def test_x11_forwarding_is_refused_and_noted(ssh_gateway, new_name, tmp_path):
     """X11 forwarding is never relayed: the client is told, its command still runs, and the
     recording notes the refused request."""
