@@ -45,10 +45,8 @@ static int teardown(void **state)
 
 #define EV(type, ts, ...) assert_int_equal(sp_rec_eventv(r, type, ts, __VA_ARGS__, NULL), 0)
 
-/* An interactive shell with input recorded, a UTF-8 character split across two output
- * events, invalid bytes, a resize, stderr with colours, an sftp channel, an exec channel, a
- * forward, a signal and exit statuses. */
-static void write_ssh_session(fixture *f, const char *kind)
+/* A new recording of alice's session on host1 (kind "ssh", or another to test refusals). */
+static sp_rec *new_recording(fixture *f, const char *kind)
 {
     sp_rec_meta meta = {.session_id = "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5c",
                         .kind = kind,
@@ -62,6 +60,15 @@ static void write_ssh_session(fixture *f, const char *kind)
     sp_rec *r = sp_rec_create(f->scratch.dir, &meta, 4096, err, sizeof(err));
     assert_non_null(r);
     snprintf(f->path, sizeof(f->path), "%s", sp_rec_path(r));
+    return r;
+}
+
+/* An interactive shell with input recorded, a UTF-8 character split across two output
+ * events, invalid bytes, a resize, stderr with colours, an sftp channel, an exec channel, a
+ * forward, a signal and exit statuses. */
+static void write_ssh_session(fixture *f, const char *kind)
+{
+    sp_rec *r = new_recording(f, kind);
     EV(SP_EV_CHANNEL_OPEN, T0, "0", "session");
     EV(SP_EV_PTY, T0 + 10 * MS, "0", "xterm-256color", "80", "24");
     EV(SP_EV_ENV, T0 + 11 * MS, "0", "LANG", "C.UTF-8");
@@ -312,18 +319,7 @@ static void test_no_wait(void **state)
 static void test_no_wait_output_cannot_drive_the_terminal(void **state)
 {
     fixture *f = *state;
-    sp_rec_meta meta = {.session_id = "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5d",
-                        .kind = "ssh",
-                        .identity = "mallory",
-                        .target = "host1",
-                        .database = "",
-                        .db_user = "ops",
-                        .client_addr = "192.0.2.11:40000",
-                        .started_at = T0};
-    char err[256];
-    sp_rec *r = sp_rec_create(f->scratch.dir, &meta, 4096, err, sizeof(err));
-    assert_non_null(r);
-    snprintf(f->path, sizeof(f->path), "%s", sp_rec_path(r));
+    sp_rec *r = new_recording(f, "ssh");
     EV(SP_EV_CHANNEL_OPEN, T0, "0", "session");
     EV(SP_EV_EXEC, T0 + 100 * MS, "0", "cat /etc/passwd > /tmp/loot");
     EV(SP_EV_TERM_OUT, T0 + 110 * MS, "0",
