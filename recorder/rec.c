@@ -245,6 +245,12 @@ static int rec_make_path(sp_rec *r, const char *dir, const sp_rec_meta *meta, ch
     return 0;
 }
 
+/* The longest field sp_rec_event_whole keeps uncut. */
+static size_t whole_max(const sp_rec *r)
+{
+    return r->max_text > SP_REC_WHOLE_MAX ? r->max_text : SP_REC_WHOLE_MAX;
+}
+
 sp_rec *sp_rec_create(const char *recordings_dir, const sp_rec_meta *meta, size_t max_text,
                       char *err, size_t errlen)
 {
@@ -263,9 +269,8 @@ sp_rec *sp_rec_create(const char *recordings_dir, const sp_rec_meta *meta, size_
     r->max_text = max_text == 0 || max_text > REC_MAX_TEXT_CAP ? REC_MAX_TEXT_CAP : max_text;
     /* Room for a full chunk plus one largest event, so sp_rec_event never fails on a session
      * whose engine flushes when asked. */
-    size_t field_max = r->max_text > SP_REC_WHOLE_MAX ? r->max_text : SP_REC_WHOLE_MAX;
     sp_buf_init(&r->events, (size_t)SP_REC_MAX_CHUNK_RAW * 2 + REC_EVENT_HEADER +
-                                SP_REC_MAX_FIELDS * (REC_FIELD_HEADER + field_max));
+                                SP_REC_MAX_FIELDS * (REC_FIELD_HEADER + whole_max(r)));
     /* 0: the first flush fsyncs at once, so a new session's recording is durable early. */
     r->last_fsync_us = 0;
     if (rec_make_path(r, recordings_dir, meta, err, errlen) < 0)
@@ -376,8 +381,7 @@ int sp_rec_event(sp_rec *r, enum sp_rec_type type, int64_t ts_us, const sp_rec_f
 int sp_rec_event_whole(sp_rec *r, enum sp_rec_type type, int64_t ts_us, const sp_rec_field *fields,
                        size_t n)
 {
-    size_t max = r->max_text > SP_REC_WHOLE_MAX ? r->max_text : SP_REC_WHOLE_MAX;
-    return rec_append(r, type, ts_us, fields, n, 0, max);
+    return rec_append(r, type, ts_us, fields, n, 0, whole_max(r));
 }
 
 int sp_rec_eventv(sp_rec *r, enum sp_rec_type type, int64_t ts_us, ...)

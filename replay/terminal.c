@@ -195,8 +195,8 @@ static size_t transcript_tail(const uint8_t *p, size_t n)
         return 1;
     for (size_t back = 1; back <= 3 && back <= n; back++) {
         uint8_t c = p[n - back];
-        if (c < 0x80 ||
-            c >= 0xC0) /* an ASCII byte or a lead byte: the last character starts here */
+        /* an ASCII byte or a lead byte: the last character starts here */
+        if (c < 0x80 || c >= 0xC0)
             return c >= 0xC0 && sp_replay_utf8_at(p + n - back, back) < 0 ? back : 0;
     }
     return 0;
@@ -344,37 +344,22 @@ static void on_output(player *p, const sp_rec_ev *ev)
     sp_replay_channel(ev, &channel);
     if (p->n_held && channel != p->held_channel)
         release_held(p);
-    if (p->n_held) { /* complete what the last event of this channel left open */
-        size_t take = n < sizeof(p->held) - p->n_held ? n : sizeof(p->held) - p->n_held;
-        uint8_t joined[sizeof(p->held)];
-        memcpy(joined, p->held, p->n_held);
-        memcpy(joined + p->n_held, d, take);
-        size_t len = p->n_held + take;
-        size_t whole = len; /* how much of joined is complete */
-        if (joined[0] == '\r')
-            whole = 1 + (len > 1 && joined[1] == '\n');
-        else if (sp_replay_utf8_at(joined, len) > 0)
-            whole = (size_t)sp_replay_utf8_at(joined, len);
-        else if (sp_replay_utf8_at(joined, len) < 0 && take == n)
-            whole = 0; /* still incomplete: the event was shorter than the character */
-        else
-            whole = p->n_held; /* invalid: the held bytes alone, escaped */
-        if (whole == 0) {
-            memcpy(p->held, joined, len);
-            p->n_held = len;
-            return;
-        }
-        p->n_held = 0;
-        write_transcript(p, joined, whole);
-        size_t used = whole - (len - take); /* bytes of d in what was written */
-        d += used;
-        n -= used;
+    /* What the last event of this channel held back comes first: the two may complete a
+     * character or a CR LF between them. */
+    sp_buf data;
+    sp_buf_init(&data, 0);
+    if (sp_buf_append(&data, p->held, p->n_held) < 0 || sp_buf_append(&data, d, n) < 0) {
+        sp_buf_free(&data); /* no memory to join them: shown apart, each escaped */
+        release_held(p);
+        write_transcript(p, d, n);
+        return;
     }
-    size_t tail = transcript_tail(d, n);
-    write_transcript(p, d, n - tail);
-    memcpy(p->held, d + n - tail, tail);
+    size_t tail = transcript_tail(data.data, data.len);
+    write_transcript(p, data.data, data.len - tail);
+    memcpy(p->held, data.data + data.len - tail, tail);
     p->n_held = tail;
     p->held_channel = channel;
+    sp_buf_free(&data);
 }
 
 static const char *event_label(enum sp_rec_type type)
